@@ -1,0 +1,95 @@
+"""What latexport needs to know about an encoder family, and nothing more.
+
+A family tells the generic layer loop in ``latexport.model`` how to embed,
+how to run one layer's attention so that the probabilities come out, how to
+finish the layer on the kept word-vectors, and how the task head reads the
+result.  It reuses the transformers modules of the loaded model; no model code
+is copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+TASK_CLASSIFICATION = "text-classification"
+TASK_FEATURES = "feature-extraction"
+TASKS = (TASK_CLASSIFICATION, TASK_FEATURES)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The sizes the FLOPs model needs (see ``latexport.estimate``)."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+
+
+class EncoderFamily:
+    """BERT-style behaviour; subclasses override only what differs.
+
+    The drop point is right after the attention mixing (probabilities times
+    values), before the attention output projection, so that the output
+    projection, the feed-forward and their LayerNorms of the same layer
+    already run on fewer word-vectors.
+    """
+
+    name: str = "bert"
+    model_types: tuple[str, ...] = ()
+    #: Whether the attention output projection runs after the drop (FLOPs model).
+    output_projection_after_drop: bool = True
+
+    # --- configuration ---------------------------------------------------
+    def uses_token_type_ids(self, config) -> bool:
+        return getattr(config, "type_vocab_size", 0) > 1
+
+    def layer_shape(self, config) -> LayerShape:
+        return LayerShape(
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_heads=config.num_attention_heads,
+        )
+
+    def max_positions(self, config) -> int:
+        return int(config.max_position_embeddings)
+
+    # --- the forward pass, in the order the layer loop calls it ---------
+    def core(self, model: nn.Module) -> nn.Module:
+        """The bare encoder inside a task model (``model.bert``, ...)."""
+        return model.base_model
+
+    def embed(self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        return core.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    def layers(self, core: nn.Module) -> nn.ModuleList:
+        return core.encoder.layer
+
+    def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The additive [B, 1, 1, N] mask that BERT's eager attention adds to its scores."""
+        return (1.0 - valid.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
+
+    def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the attention mixing; return (per-token mixed states, probabilities)."""
+        mixed, probs = layer.attention.self(hidden, attention_mask=mask, output_attentions=True)
+        return mixed, probs
+
+    def finish(self, layer: nn.Module, mixed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer, on the kept word-vectors only."""
+        attention_output = layer.attention.output(mixed, residual)
+        return layer.output(layer.intermediate(attention_output), attention_output)
+
+    def always_keep(self, valid: torch.Tensor) -> torch.Tensor:
+        """The token the head reads: [CLS] (or <s>), which stays at column 0."""
+        columns = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
+        return (columns == 0).expand_as(valid)
+
+    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The task head on the final kept states; [CLS] is at column 0."""
+        pooled = self.core(model).pooler(hidden)
+        return model.classifier(model.dropout(pooled))

@@ -1,0 +1,121 @@
+"""The Latency Adjustable Transformer in PyTorch: a layer loop around a
+transformers model that drops the lowest-ACC word-vectors in every layer.
+
+This module is both the PyTorch reference the ONNX graph is validated against
+and the module that is exported; fine-tuning trains through it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, EncoderFamily
+from latexport.profile import EliminationProfile
+from latexport.selection import keep_counts, sanitize_keep_ratio, select_tokens
+
+POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class LatencyAdjustableOutput:
+    """``output`` is logits [B, labels] or a pooled embedding [B, hidden].
+
+    ``kept_positions[l]`` is [B, K_l]: the original positions of the
+    word-vectors alive after layer ``l``, in order, with -1 in surplus slots.
+    """
+
+    output: torch.Tensor
+    kept_positions: list[torch.Tensor] = field(default_factory=list)
+
+
+class LatencyAdjustableModel(nn.Module):
+    """Wraps a transformers encoder; ``forward`` takes the runtime ``keep_ratio``."""
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        family: EncoderFamily,
+        profile: EliminationProfile,
+        task: str = TASK_CLASSIFICATION,
+        pooling: str = "mean",
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if profile.num_layers != len(family.layers(family.core(hf_model))):
+            raise ValueError(
+                f"profile has {profile.num_layers} layers but the model has {len(family.layers(family.core(hf_model)))}"
+            )
+        self.hf_model = hf_model
+        self.family = family
+        self.profile = profile
+        self.task = task
+        self.pooling = pooling
+        self.exponents = profile.exponents()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        keep_ratio: Union[float, torch.Tensor] = 1.0,
+    ) -> LatencyAdjustableOutput:
+        family = self.family
+        core = family.core(self.hf_model)
+        if not torch.is_tensor(keep_ratio):
+            keep_ratio = torch.tensor(float(keep_ratio))
+        ratio = sanitize_keep_ratio(keep_ratio)
+        batch, width = input_ids.shape
+
+        valid = attention_mask > 0
+        valid_lengths = valid.sum(dim=1).to(torch.float32)
+        positions = torch.arange(width, dtype=torch.int64, device=input_ids.device).unsqueeze(0).expand(batch, width)
+        hidden = family.embed(core, input_ids, token_type_ids)
+
+        kept_positions = []
+        for layer, exponent in zip(family.layers(core), self.exponents):
+            mixed, probs = family.attend(layer, hidden, family.attention_mask(valid, hidden.dtype))
+            keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
+            hidden, mixed, valid, positions = select_tokens(
+                probs, valid, family.always_keep(valid), keep, hidden, mixed, positions
+            )
+            hidden = family.finish(layer, mixed, hidden)
+            kept_positions.append(torch.where(valid, positions, torch.full_like(positions, -1)))
+
+        if self.task == TASK_FEATURES:
+            output = pool(hidden, valid, self.pooling)
+        else:
+            output = family.classify(self.hf_model, hidden)
+        return LatencyAdjustableOutput(output=output, kept_positions=kept_positions)
+
+
+def pool(hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence embedding from the final word-vectors: mean over the valid ones, or [CLS]."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = valid.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class ExportWrapper(nn.Module):
+    """The exported signature: plain tensors in, a flat tuple of tensors out."""
+
+    def __init__(self, model: LatencyAdjustableModel, with_token_type_ids: bool, with_kept_positions: bool = True):
+        super().__init__()
+        self.model = model
+        self.with_token_type_ids = with_token_type_ids
+        self.with_kept_positions = with_kept_positions
+
+    def forward(self, input_ids, attention_mask, *rest):
+        if self.with_token_type_ids:
+            token_type_ids, keep_ratio = rest
+        else:
+            token_type_ids, (keep_ratio,) = None, rest
+        result = self.model(input_ids, attention_mask, token_type_ids, keep_ratio)
+        if self.with_kept_positions:
+            return (result.output, *result.kept_positions)
+        return result.output

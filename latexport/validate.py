@@ -1,0 +1,164 @@
+"""Validation of an exported graph against its references, as optimum does.
+
+* At ``keep_ratio = 1.0`` ONNX Runtime must reproduce the unmodified
+  transformers model (logits or pooled embedding) within ``atol``.
+* At lower ratios it must reproduce our PyTorch implementation at the same
+  ratio: the same output within ``atol`` and the same kept word-vectors in
+  every layer.
+
+Inputs are a padded batch (so per-sample counts and masking are exercised)
+and a longer single sequence (so the sequence axis is exercised beyond the
+traced size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from latexport.checkpoint import LoadedCheckpoint
+from latexport.families import TASK_FEATURES
+from latexport.model import LatencyAdjustableModel, pool
+from latexport.passes import with_int64_outputs
+
+DEFAULT_RATIOS = (0.75, 0.5, 0.25, 0.1)
+
+
+@dataclass
+class Check:
+    inputs: str
+    keep_ratio: float
+    reference: str
+    max_abs_diff: float
+    atol: float
+    kept_mismatch: Optional[str] = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_abs_diff <= self.atol) and self.kept_mismatch is None
+
+
+@dataclass
+class ValidationReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def render(self) -> str:
+        lines = [f"{'inputs':<14} {'keep_ratio':>10} {'reference':<13} {'max |diff|':>11} {'atol':>8}  kept tokens  result"]
+        for c in self.checks:
+            kept = "-" if c.reference == "transformers" else ("same" if c.kept_mismatch is None else "DIFFER")
+            lines.append(
+                f"{c.inputs:<14} {c.keep_ratio:>10.2f} {c.reference:<13} {c.max_abs_diff:>11.2e} {c.atol:>8.0e}  "
+                f"{kept:<11}  {'ok' if c.passed else 'FAILED'}"
+            )
+            if c.kept_mismatch:
+                lines.append(f"{'':<14} {c.kept_mismatch}")
+        return "\n".join(lines)
+
+
+def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """A padded batch and a longer single sequence of random in-vocabulary ids."""
+    tokenizer, config = loaded.tokenizer, loaded.config
+    rng = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(min(config.vocab_size, 30000)) if i not in special]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    uses_token_types = loaded.family.uses_token_type_ids(config)
+
+    def make(lengths: list[int], width: int) -> dict[str, np.ndarray]:
+        ids = np.full((len(lengths), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(lengths), width), dtype=np.int64)
+        types = np.zeros((len(lengths), width), dtype=np.int64)
+        for row, length in enumerate(lengths):
+            ids[row, :length] = rng.choice(vocab, size=length)
+            if start_id is not None:
+                ids[row, 0] = start_id
+            if end_id is not None and length > 1:
+                ids[row, length - 1] = end_id
+            mask[row, :length] = 1
+            if uses_token_types and length > 4:
+                types[row, length // 2 : length] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if uses_token_types:
+            feed["token_type_ids"] = types
+        return feed
+
+    limit = loaded.max_length
+    width = min(40, limit)
+    return {
+        "padded batch": make([width, max(2, width * 2 // 3), min(5, width)], width),
+        "long sequence": make([min(160, limit)], min(160, limit)),
+    }
+
+
+def reference_output(loaded: LoadedCheckpoint, feed: dict[str, np.ndarray], pooling: Optional[str]) -> np.ndarray:
+    """The unmodified transformers model's logits or pooled embedding."""
+    tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
+    with torch.no_grad():
+        output = loaded.model(**tensors)
+    if loaded.task == TASK_FEATURES:
+        return pool(output.last_hidden_state, tensors["attention_mask"] > 0, pooling or "mean").numpy()
+    return output.logits.numpy()
+
+
+def pytorch_output(lat: LatencyAdjustableModel, feed: dict[str, np.ndarray], keep_ratio: float):
+    tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
+    with torch.no_grad():
+        result = lat(
+            tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids"), torch.tensor(keep_ratio)
+        )
+    return result.output.numpy(), [kept.numpy() for kept in result.kept_positions]
+
+
+def validate_export(
+    model_path: Path,
+    loaded: LoadedCheckpoint,
+    lat: LatencyAdjustableModel,
+    output_name: str,
+    taps: list[str],
+    atol: float = 1e-4,
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+) -> ValidationReport:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        with_int64_outputs(model_path, taps), options, providers=["CPUExecutionProvider"]
+    )
+    report = ValidationReport()
+    for label, feed in validation_inputs(loaded).items():
+        expected = reference_output(loaded, feed, lat.pooling)
+        got = session.run([output_name], {**feed, "keep_ratio": np.array(1.0, dtype=np.float32)})[0]
+        report.checks.append(Check(label, 1.0, "transformers", _max_diff(got, expected), atol))
+        for ratio in ratios:
+            expected, expected_kept = pytorch_output(lat, feed, ratio)
+            got, *got_kept = session.run([output_name, *taps], {**feed, "keep_ratio": np.array(ratio, dtype=np.float32)})
+            report.checks.append(
+                Check(label, ratio, "latexport-pt", _max_diff(got, expected), atol, _kept_mismatch(got_kept, expected_kept))
+            )
+    return report
+
+
+def _max_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    if got.shape != expected.shape:
+        return float("inf")
+    return float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))) if got.size else 0.0
+
+
+def _kept_mismatch(got: list[np.ndarray], expected: list[np.ndarray]) -> Optional[str]:
+    for layer, (a, b) in enumerate(zip(got, expected)):
+        if a.shape != b.shape:
+            return f"layer {layer}: ONNX kept {a.shape[1]} slots, PyTorch {b.shape[1]}"
+        if not np.array_equal(a, b):
+            rows = sorted({int(r) for r in np.nonzero(a != b)[0]})
+            return f"layer {layer}: kept positions differ in rows {rows}"
+    return None
