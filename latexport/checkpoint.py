@@ -127,6 +127,22 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
+def sentence_transformers_pooling(checkpoint: str) -> Optional[str]:
+    """'mean' or 'cls' when a sentence-transformers checkpoint says how it pools."""
+    config_path = Path(checkpoint) / "1_Pooling" / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        modes = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if modes.get("pooling_mode_cls_token"):
+        return "cls"
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    return None
+
+
 def _check_local_directory(checkpoint: str) -> None:
     path = Path(checkpoint)
     looks_local = checkpoint.startswith((".", "/", "~")) or path.exists()

@@ -20,7 +20,7 @@ import torch
 
 from latexport import __version__
 from latexport.atomic import atomic_directory, check_target_free
-from latexport.checkpoint import LoadedCheckpoint, load_checkpoint
+from latexport.checkpoint import LoadedCheckpoint, load_checkpoint, sentence_transformers_pooling
 from latexport.errors import ValidationError
 from latexport.estimate import FlopsModel
 from latexport.families import TASK_FEATURES
@@ -50,7 +50,7 @@ def build_model(loaded: LoadedCheckpoint, reach: float = DEFAULT_REACH, pooling:
     return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling).eval()
 
 
-def describe(loaded: LoadedCheckpoint, lat: LatencyAdjustableModel) -> ModelMetadata:
+def describe(loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, source: Optional[str] = None) -> ModelMetadata:
     shape = loaded.family.layer_shape(loaded.config)
     input_names = ["input_ids", "attention_mask"]
     if loaded.family.uses_token_type_ids(loaded.config):
@@ -77,6 +77,7 @@ def describe(loaded: LoadedCheckpoint, lat: LatencyAdjustableModel) -> ModelMeta
         pooling=lat.pooling if loaded.task == TASK_FEATURES else None,
         kept_positions_taps=[f"kept_positions.{layer}" for layer in range(shape.num_layers)],
         problem_type=loaded.problem_type,
+        source=source,
     )
 
 
@@ -136,7 +137,7 @@ def convert(
     task: Optional[str] = None,
     atol: float = 1e-4,
     reach: float = DEFAULT_REACH,
-    pooling: str = "mean",
+    pooling: Optional[str] = None,
     overwrite: bool = False,
     keep_invalid: bool = False,
     tokenizer: Optional[str] = None,
@@ -150,8 +151,9 @@ def convert(
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     loaded = load_checkpoint(checkpoint, task=task, tokenizer_source=tokenizer)
-    lat = build_model(loaded, reach=reach, pooling=pooling)
-    metadata = describe(loaded, lat)
+    lat = build_model(loaded, reach=reach, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
+    source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint
+    metadata = describe(loaded, lat, source)
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:
         export_onnx(lat, metadata, scratch / MODEL_FILE)
         loaded.tokenizer.save_pretrained(scratch)

@@ -35,6 +35,7 @@ class ModelMetadata:
     problem_type: Optional[str] = None
     default_keep_ratio: float = 1.0
     tuning: Optional[dict] = None
+    source: Optional[str] = None
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -57,6 +58,8 @@ class ModelMetadata:
             props["pooling"] = self.pooling
         if self.problem_type:
             props["problem_type"] = self.problem_type
+        if self.source:
+            props["source"] = self.source
         if self.tuning is not None:
             props["tuning"] = json.dumps(self.tuning, sort_keys=True)
         return {PREFIX + key: value for key, value in props.items()}
@@ -83,4 +86,5 @@ class ModelMetadata:
             problem_type=own.get("problem_type"),
             default_keep_ratio=float(own.get("default_keep_ratio", "1.0")),
             tuning=json.loads(own["tuning"]) if "tuning" in own else None,
+            source=own.get("source"),
         )

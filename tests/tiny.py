@@ -97,18 +97,26 @@ def make_checkpoint(
     torch.manual_seed(seed)
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     model = auto.from_config(config)
-    _sharpen_attention(model)
+    _sharpen(model)
     model.save_pretrained(directory)
     specials = ROBERTA_SPECIALS if family == "roberta" else BERT_SPECIALS
     tiny_tokenizer(specials, max_length=128).save_pretrained(directory)
     return Path(directory)
 
 
-def _sharpen_attention(model: torch.nn.Module) -> None:
-    """Random init gives near-uniform attention, so ACC scores differ only in
-    their last digits and float rounding decides ties.  Larger query/key
-    weights make attention peaked, like a trained model's."""
+def _sharpen(model: torch.nn.Module) -> None:
+    """Make random weights behave like trained ones where the tests care.
+
+    Random init gives near-uniform attention, so ACC scores differ only in
+    their last digits and float rounding decides ties: larger query/key weights
+    make attention peaked.  A random head gives logits near 0.01, which would
+    make a 1e-4 tolerance meaningless: a larger head gives logits of order 1.
+    """
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith(("query.weight", "key.weight", "q_lin.weight", "k_lin.weight")):
                 parameter.mul_(8.0)
+            if name.startswith(("classifier.", "pre_classifier.")) and name.endswith("weight"):
+                parameter.mul_(20.0)
+            if name.endswith("pooler.dense.weight"):
+                parameter.mul_(4.0)

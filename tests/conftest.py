@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny checkpoints of every family, converted once per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import FAMILIES, make_checkpoint  # noqa: E402
+
+TASKS = ("text-classification", "feature-extraction")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict:
+    """(family, task) -> tiny checkpoint directory."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        (family, task): make_checkpoint(root / f"{family}-{task}", family, task, seed=index)
+        for index, (family, task) in enumerate((f, t) for f in FAMILIES for t in TASKS)
+    }
+
+
+@pytest.fixture(scope="session")
+def converted(checkpoints, tmp_path_factory) -> dict:
+    """(family, task) -> converted model directory (validated by convert itself)."""
+    from latexport.export import convert
+
+    root = tmp_path_factory.mktemp("converted")
+    return {key: convert(str(path), root / f"{key[0]}-{key[1]}").out_dir for key, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def bert_classifier(converted) -> Path:
+    return converted[("bert", "text-classification")]

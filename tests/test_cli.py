@@ -1,0 +1,96 @@
+"""The command line end to end: convert, run, inspect, bench, and its error handling."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from latexport.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
+    out = tmp_path / "model"
+    result = runner.invoke(main, ["convert", str(checkpoints[("electra", "text-classification")]), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "FAILED" not in result.output
+
+    result = runner.invoke(main, ["run", str(out), "--keep-ratio", "0.5", "a good film", "a bad film"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line]
+    assert len(lines) == 2 and all(line.split("\t")[1] in {"label_a", "label_b", "label_c"} for line in lines)
+
+    result = runner.invoke(main, ["inspect", str(out), "--keep-ratio", "0.5", "--seq-len", "100"])
+    assert result.exit_code == 0, result.output
+    assert "electra / text-classification" in result.output
+    # 4 layers, 100 tokens, ratio 0.5: 85, 71, 60, 50 kept
+    assert "    4        60     50" in result.output
+
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = runner.invoke(
+        main, ["bench", str(out), "--seq-len", "64", "--batch", "2", "--keep-ratios", "1,0.5", "--repeats", "3",
+               "--json", str(json_path), "--plot", str(plot_path)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(json_path.read_text())
+    assert [row["keep_ratio"] for row in data["rows"]] == [1.0, 0.5]
+    assert all(row["median_ms"] > 0 for row in data["rows"])
+    assert plot_path.stat().st_size > 1000
+
+
+def test_bench_with_a_plain_baseline(runner, converted):
+    result = runner.invoke(
+        main, ["bench", str(converted[("distilbert", "text-classification")]), "--seq-len", "32", "--keep-ratios", "1",
+               "--repeats", "2", "--baseline", "torch"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "plain (torch)" in result.output
+
+
+def test_feature_extraction_run(runner, converted):
+    result = runner.invoke(main, ["run", str(converted[("bert", "feature-extraction")]), "a good film"])
+    assert result.exit_code == 0, result.output
+    assert "(32 dims)" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "{model}", "--keep-ratio", "0", "text"], "keep_ratio must be in (0, 1]"),
+        (["run", "{model}", "--keep-ratio", "nan", "text"], "keep_ratio must be finite"),
+        (["run", "{model}", "--provider", "cuda", "text"], "provider 'cuda' is not available"),
+        (["run", "{tmp}/nothing", "text"], "is not a directory"),
+        (["inspect", "{model}", "--keep-ratio", "2"], "keep_ratio must be in (0, 1]"),
+        (["convert", "{tmp}/nothing", "-o", "{tmp}/out"], "no such checkpoint directory"),
+        (["convert", "{ckpt}", "-o", "{model}"], "already exists; pass --overwrite"),
+        (["bench", "{model}", "--keep-ratios", "0.5,7"], "every keep ratio must be in (0, 1]"),
+    ],
+)
+def test_errors_are_one_clear_line(runner, bert_classifier, checkpoints, tmp_path, args, message):
+    import onnxruntime
+
+    if "cuda" in args and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here")
+    fill = {"model": str(bert_classifier), "tmp": str(tmp_path), "ckpt": str(checkpoints[("bert", "text-classification")])}
+    result = runner.invoke(main, [a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_failed_validation_exits_nonzero_with_report(runner, checkpoints, tmp_path):
+    result = runner.invoke(main, ["convert", str(checkpoints[("bert", "text-classification")]), "-o", str(tmp_path / "o"), "--atol", "1e-30"])
+    assert result.exit_code == 2
+    assert "failed validation" in result.output and "FAILED" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_entry_point_is_installed():
+    result = subprocess.run([sys.executable, "-m", "latexport.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "latexport" in result.stdout

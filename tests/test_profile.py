@@ -1,0 +1,56 @@
+import math
+
+import pytest
+
+from latexport.profile import EliminationProfile, clamp_keep_ratio
+
+
+def test_formula_matches_documentation():
+    profile = EliminationProfile(num_layers=4, reach=1.0)
+    # fraction(l) = 0.5 ** (l / 4); k = ceil(100 * fraction - 1e-3)
+    expected = [math.ceil(100 * 0.5 ** (layer / 4) - 1e-3) for layer in range(1, 5)]
+    assert profile.kept_counts(100, 0.5) == expected == [85, 71, 60, 50]
+
+
+def test_keep_ratio_is_reached_at_reach_fraction_of_depth():
+    profile = EliminationProfile(num_layers=12, reach=0.5)
+    assert profile.kept_counts(1000, 0.2)[5] == 200  # layer 6 of 12
+    assert EliminationProfile(num_layers=12).kept_counts(1000, 0.2)[-1] == 200
+
+
+def test_one_keeps_everything_and_zero_keeps_one():
+    profile = EliminationProfile(num_layers=6)
+    assert profile.kept_counts(37, 1.0) == [37] * 6
+    assert profile.kept_counts(37, 0.0) == [1] * 6
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 513])
+def test_counts_never_grow_with_depth_or_smaller_ratio(length):
+    profile = EliminationProfile(num_layers=12)
+    ratios = [1.0, 0.95, 0.8, 0.5, 0.3, 0.1, 0.01, 0.0]
+    previous = None
+    for ratio in ratios:
+        counts = profile.kept_counts(length, ratio)
+        assert all(1 <= k <= length for k in counts)
+        assert all(a >= b for a, b in zip(counts, counts[1:])), counts
+        if previous is not None:
+            assert all(a >= b for a, b in zip(previous, counts))
+        previous = counts
+
+
+def test_clamping_mirrors_the_graph():
+    assert clamp_keep_ratio(float("nan")) == 1.0
+    assert clamp_keep_ratio(5) == 1.0
+    assert clamp_keep_ratio(-1) == 0.0
+    assert clamp_keep_ratio(0.25) == 0.25
+
+
+def test_json_round_trip_and_bad_profiles():
+    profile = EliminationProfile(num_layers=3, reach=0.75)
+    assert EliminationProfile.from_json(profile.to_json()) == profile
+    with pytest.raises(ValueError):
+        EliminationProfile(num_layers=0)
+    with pytest.raises(ValueError):
+        EliminationProfile(num_layers=3, reach=0.0)
+    with pytest.raises(ValueError):
+        EliminationProfile(num_layers=3, name="linear")
