@@ -36,3 +36,15 @@ def converted(checkpoints, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def bert_classifier(converted) -> Path:
     return converted[("bert", "text-classification")]
+
+
+@pytest.fixture(scope="session")
+def regression_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("regression") / "ckpt", "bert", num_labels=1, seed=42)
+
+
+@pytest.fixture(scope="session")
+def regressor(regression_checkpoint, tmp_path_factory) -> Path:
+    from latexport.export import convert
+
+    return convert(str(regression_checkpoint), tmp_path_factory.mktemp("regressor") / "out").out_dir

@@ -43,6 +43,7 @@ def test_graph_contract(converted, key):
     proto = onnx.load(str(converted[key] / "model.onnx"))
     inputs = {i.name: i.type.tensor_type for i in proto.graph.input}
     expected = ["input_ids", "attention_mask"] + (["token_type_ids"] if family in ("bert", "electra") else []) + ["keep_ratio"]
+    # RoBERTa-style models have a single token type, so they take no token_type_ids
     assert list(inputs) == expected
     assert inputs["keep_ratio"].elem_type == onnx.TensorProto.FLOAT and len(inputs["keep_ratio"].shape.dim) == 0
     for name in expected[:-1]:
@@ -50,7 +51,8 @@ def test_graph_contract(converted, key):
         assert [d.dim_param for d in inputs[name].shape.dim] == ["batch", "sequence"]
     assert [o.name for o in proto.graph.output] == ["logits" if task == "text-classification" else "sentence_embedding"]
     props = {p.key: p.value for p in proto.metadata_props}
-    assert props["latexport.family"] == family and props["latexport.task"] == task
+    assert props["latexport.family"] == {"xlm-roberta": "roberta"}.get(family, family)
+    assert props["latexport.task"] == task
     assert json.loads(props["latexport.profile"])["name"] == "geometric"
     if task == "text-classification":
         assert json.loads(props["latexport.labels"]) == ["label_a", "label_b", "label_c"]
@@ -76,6 +78,31 @@ def test_onnx_matches_transformers_at_one_and_pytorch_below(converted, checkpoin
             np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
             for a, b in zip(kept, expected_kept):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_kept_counts_never_grow_with_depth_or_smaller_ratio(converted, checkpoints):
+    key = ("roberta", "text-classification")
+    session, taps = session_with_taps(converted[key])
+    feed = fresh_inputs(load_checkpoint(str(checkpoints[key])), seed=3)["padded batch"]
+    previous = None
+    for ratio in (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.01):
+        kept = session.run(taps, {**feed, "keep_ratio": np.array(ratio, np.float32)})
+        counts = np.stack([(layer >= 0).sum(axis=1) for layer in kept], axis=1)  # [batch, layers]
+        assert (np.diff(counts, axis=1) <= 0).all(), counts
+        if previous is not None:
+            assert (counts <= previous).all()
+        previous = counts
+    assert (previous >= 1).all()
+
+
+def test_regression_model(regressor, regression_checkpoint):
+    loaded = load_checkpoint(str(regression_checkpoint))
+    assert loaded.problem_type == "regression"
+    session = ort.InferenceSession(str(regressor / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = fresh_inputs(loaded, seed=2)["padded batch"]
+    got = session.run(None, {**feed, "keep_ratio": np.array(1.0, np.float32)})[0]
+    assert got.shape == (3, 1)
+    np.testing.assert_allclose(got, reference_output(loaded, feed, None), atol=1e-4, rtol=0)
 
 
 def test_graph_clamps_keep_ratio_instead_of_crashing(bert_classifier):

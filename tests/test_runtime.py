@@ -53,6 +53,12 @@ def test_predict_returns_labels_and_probabilities(classifier):
     assert prediction.labels == [classifier.labels[i] for i in prediction.logits.argmax(axis=1)]
 
 
+def test_regression_returns_values(regressor):
+    prediction = LatencyAdjustableSession(regressor).predict(TEXTS, keep_ratio=0.6)
+    assert prediction.labels is None and prediction.values.shape == (3,)
+    np.testing.assert_array_equal(prediction.values, prediction.logits[:, 0])
+
+
 def test_text_pairs(classifier):
     single = classifier.predict(["good film"], keep_ratio=1.0).logits
     paired = classifier.predict(["good film"], keep_ratio=1.0, text_pairs=["bad plot"]).logits

@@ -18,6 +18,7 @@ from transformers import (
     ElectraConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
+    XLMRobertaConfig,
 )
 
 WORDS = (
@@ -65,8 +66,9 @@ def tiny_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int =
     common = dict(vocab_size=vocab_size, num_labels=num_labels, max_position_embeddings=128)
     if family == "bert":
         return BertConfig(**common, **_size_kwargs(layers, hidden, heads), type_vocab_size=2, pad_token_id=0)
-    if family == "roberta":
-        return RobertaConfig(
+    if family in ("roberta", "xlm-roberta"):
+        config_class = RobertaConfig if family == "roberta" else XLMRobertaConfig
+        return config_class(
             **{**common, "max_position_embeddings": 130},
             **_size_kwargs(layers, hidden, heads),
             type_vocab_size=1,
@@ -83,7 +85,7 @@ def tiny_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int =
     raise ValueError(family)
 
 
-FAMILIES = ("bert", "roberta", "electra", "distilbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 
 
 def make_checkpoint(
@@ -91,7 +93,7 @@ def make_checkpoint(
 ) -> Path:
     """Write a tiny random checkpoint (config, weights, tokenizer) to ``directory``."""
     config = tiny_config(family, num_labels=num_labels, **sizes)
-    if task == "text-classification":
+    if task == "text-classification" and num_labels > 1:
         config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
         config.label2id = {v: k for k, v in config.id2label.items()}
     torch.manual_seed(seed)
@@ -99,7 +101,7 @@ def make_checkpoint(
     model = auto.from_config(config)
     _sharpen(model)
     model.save_pretrained(directory)
-    specials = ROBERTA_SPECIALS if family == "roberta" else BERT_SPECIALS
+    specials = ROBERTA_SPECIALS if family in ("roberta", "xlm-roberta") else BERT_SPECIALS
     tiny_tokenizer(specials, max_length=128).save_pretrained(directory)
     return Path(directory)
 
