@@ -143,6 +143,17 @@ def sentence_transformers_pooling(checkpoint: str) -> Optional[str]:
     return None
 
 
+def finetuned_power(checkpoint: str) -> Optional[float]:
+    """The elimination profile a `latexport finetune` run trained for, so convert exports the same one."""
+    settings_path = Path(checkpoint) / "latexport_finetune.json"
+    if not settings_path.is_file():
+        return None
+    try:
+        return float(json.loads(settings_path.read_text())["power"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_local_directory(checkpoint: str) -> None:
     path = Path(checkpoint)
     looks_local = checkpoint.startswith((".", "/", "~")) or path.exists()

@@ -58,18 +58,18 @@ def main(verbose: bool) -> None:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]), help="Default: from the checkpoint.")
 @click.option("--atol", default=1e-4, show_default=True, help="Validation tolerance on logits/embeddings.")
-@click.option("--reach", default=1.0, show_default=True, help="Elimination profile: depth fraction at which keep_ratio is reached.")
+@click.option("--power", type=float, help="Elimination profile shape: fraction(l) = keep_ratio ** ((l/L) ** power) (default: the fine-tuning run's, else 1.5).")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Feature extraction pooling (default: the checkpoint's, else mean).")
 @click.option("--tokenizer", help="Directory or hub id of the tokenizer, if the checkpoint has none.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (with a warning).")
-def convert(checkpoint, out_dir, task, atol, reach, pooling, tokenizer, overwrite, keep_invalid):
+def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrite, keep_invalid):
     """Convert CHECKPOINT (a directory or hub id) into OUT_DIR/model.onnx with tokenizer and config."""
     from latexport.export import convert as convert_checkpoint
 
     start = time.perf_counter()
     result = convert_checkpoint(
-        checkpoint, out_dir, task=task, atol=atol, reach=reach, pooling=pooling, tokenizer=tokenizer,
+        checkpoint, out_dir, task=task, atol=atol, power=power, pooling=pooling, tokenizer=tokenizer,
         overwrite=overwrite, keep_invalid=keep_invalid,
     )
     click.echo(result.report.render())
@@ -162,6 +162,96 @@ def demo(out_dir, batch, seq_len, repeats, threads, overwrite):
     from latexport.demo import run_demo
 
     run_demo(out_dir, batch=batch, seq_len=seq_len, repeats=repeats, threads=threads, overwrite=overwrite)
+
+
+def _data_options(function):
+    """The column options shared by finetune, evaluate and tune."""
+    function = click.option("--label-column", default="label", show_default=True)(function)
+    function = click.option("--text-pair-column", default=None, help="Second text of a pair task.")(function)
+    function = click.option("--text-column", default="text", show_default=True)(function)
+    return function
+
+
+@main.command()
+@click.argument("model")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Checkpoint directory to write.")
+@click.option("--train", "train_data", required=True, help="CSV, TSV or JSON Lines file, or hub dataset name:split.")
+@click.option("--validation", "validation_data", required=True, help="Held-out data, same format.")
+@_data_options
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--learning-rate", default=5e-5, show_default=True, type=float)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--recipe", type=click.Choice(["lat", "plain"]), default="lat", show_default=True,
+              help="lat: full pass plus pruned passes distilled from it; plain: ordinary fine-tuning.")
+@click.option("--min-keep-ratio", default=0.05, show_default=True, type=float, help="Smallest keep ratio trained for.")
+@click.option("--power", default=1.5, show_default=True, type=float, help="Elimination profile shape trained for (see inspect).")
+@click.option("--problem", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Start afresh even if OUT_DIR holds a run.")
+def finetune(model, out_dir, train_data, validation_data, text_column, text_pair_column, label_column, epochs,
+             learning_rate, batch_size, max_length, seed, recipe, min_keep_ratio, power, problem, overwrite):
+    """Fine-tune MODEL with ACC elimination active; running it again resumes an interrupted run."""
+    from latexport.data import Columns
+    from latexport.finetune import FinetuneSettings, finetune as run_finetune
+
+    settings = FinetuneSettings(
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length, seed=seed,
+        recipe=recipe, min_keep_ratio=min_keep_ratio, power=power, problem=problem,
+    )
+    result = run_finetune(model, out_dir, train_data, validation_data, Columns(text_column, text_pair_column, label_column),
+                          settings, overwrite=overwrite)
+    scores = ", ".join(f"{ratio}: {value:.4f}" for ratio, value in result.validation.items())
+    click.echo(f"wrote {out_dir} after {result.steps} steps in {result.seconds:.0f} s; validation by keep_ratio {{{scores}}}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="Labelled CSV, TSV or JSON Lines file, or hub dataset name:split.")
+@_data_options
+@click.option("--keep-ratios", default="1,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1", show_default=True, callback=lambda c, p, v: _ratios(v))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=0, show_default=True)
+@click.option("--graphs", "graphs_dir", default=Path("graphs"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the plot and JSON.")
+def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_ratios, batch_size, threads, graphs_dir):
+    """Metric and measured latency of MODEL_DIR at each keep ratio, as a table, JSON and plot."""
+    from latexport import evaluate as evaluation
+    from latexport.atomic import write_text_atomic
+    from latexport.data import Columns
+
+    result = evaluation.evaluate(model_dir, data, Columns(text_column, text_pair_column, label_column), keep_ratios,
+                                 batch_size=batch_size, threads=threads)
+    click.echo(evaluation.render(result))
+    stem = f"evaluate-{Path(model_dir).name}-{Path(data).stem}"
+    graphs_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(graphs_dir / f"{stem}.json", result.to_json())
+    evaluation.plot(result, graphs_dir / f"{stem}.png")
+    click.echo(f"wrote {graphs_dir / stem}.json and .png")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="Held-out labelled data (never the test split).")
+@_data_options
+@click.option("--max-drop", type=float, help="Largest allowed metric drop, absolute (0.01 = one point).")
+@click.option("--target-speedup", type=float, help="Smallest measured speedup wanted.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=0, show_default=True)
+def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, target_speedup, batch_size, threads):
+    """Choose MODEL_DIR's default keep ratio offline, from a constraint measured on held-out data."""
+    from latexport import evaluate as evaluation
+    from latexport.data import Columns
+
+    result = evaluation.tune(model_dir, data, Columns(text_column, text_pair_column, label_column), max_drop=max_drop,
+                             target_speedup=target_speedup, batch_size=batch_size, threads=threads)
+    click.echo(evaluation.render(result.evaluation))
+    row = result.evaluation.row(result.keep_ratio)
+    click.echo(
+        f"chose keep_ratio {result.keep_ratio:g} ({result.constraint}): {result.evaluation.metric} "
+        f"{row.metrics[result.evaluation.metric]:.4f}, measured speedup {row.speedup:.2f}x; "
+        f"recorded as the default in {Path(model_dir) / 'model.onnx'}"
+    )
 
 
 def _shorten(text: str, width: int = 60) -> str:

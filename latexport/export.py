@@ -20,14 +20,14 @@ import torch
 
 from latexport import __version__
 from latexport.atomic import atomic_directory, check_target_free
-from latexport.checkpoint import LoadedCheckpoint, load_checkpoint, sentence_transformers_pooling
+from latexport.checkpoint import LoadedCheckpoint, finetuned_power, load_checkpoint, sentence_transformers_pooling
 from latexport.errors import ValidationError
 from latexport.estimate import FlopsModel
 from latexport.families import TASK_FEATURES
 from latexport.metadata import ModelMetadata
 from latexport.model import ExportWrapper, LatencyAdjustableModel
 from latexport.passes import hide_outputs, set_metadata
-from latexport.profile import DEFAULT_REACH, EliminationProfile
+from latexport.profile import DEFAULT_POWER, EliminationProfile
 from latexport.validate import DEFAULT_RATIOS, ValidationReport, validate_export
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ class ConvertResult:
     report: Optional[ValidationReport]
 
 
-def build_model(loaded: LoadedCheckpoint, reach: float = DEFAULT_REACH, pooling: str = "mean") -> LatencyAdjustableModel:
+def build_model(loaded: LoadedCheckpoint, power: float = DEFAULT_POWER, pooling: str = "mean") -> LatencyAdjustableModel:
     shape = loaded.family.layer_shape(loaded.config)
-    profile = EliminationProfile(num_layers=shape.num_layers, reach=reach)
+    profile = EliminationProfile(num_layers=shape.num_layers, power=power)
     return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling).eval()
 
 
@@ -136,7 +136,7 @@ def convert(
     *,
     task: Optional[str] = None,
     atol: float = 1e-4,
-    reach: float = DEFAULT_REACH,
+    power: Optional[float] = None,
     pooling: Optional[str] = None,
     overwrite: bool = False,
     keep_invalid: bool = False,
@@ -151,7 +151,8 @@ def convert(
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     loaded = load_checkpoint(checkpoint, task=task, tokenizer_source=tokenizer)
-    lat = build_model(loaded, reach=reach, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
+    power = power if power is not None else finetuned_power(checkpoint) or DEFAULT_POWER
+    lat = build_model(loaded, power=power, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint
     metadata = describe(loaded, lat, source)
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:

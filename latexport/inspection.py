@@ -53,7 +53,7 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         f"inputs -> output    {', '.join(metadata.input_names)} -> {metadata.output_name}",
         f"labels              {', '.join(metadata.labels) if metadata.labels else '-'}",
         f"max length          {metadata.max_length}",
-        f"profile             {profile.name}: kept fraction after layer l = keep_ratio ** (l / ({profile.reach:g} * {profile.num_layers}))",
+        f"profile             kept fraction after layer l = keep_ratio ** ((l / {profile.num_layers}) ** {profile.power:g})",
         f"default keep_ratio  {metadata.default_keep_ratio:g}",
         "",
         f"At keep_ratio {keep_ratio:g} and {seq_len} tokens:",

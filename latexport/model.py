@@ -15,7 +15,7 @@ from torch import nn
 
 from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, EncoderFamily
 from latexport.profile import EliminationProfile
-from latexport.selection import keep_counts, sanitize_keep_ratio, select_tokens
+from latexport.selection import keep_counts, sanitize_keep_ratio, select_tokens, select_tokens_for_export
 
 POOLINGS = ("mean", "cls")
 
@@ -76,11 +76,12 @@ class LatencyAdjustableModel(nn.Module):
         positions = torch.arange(width, dtype=torch.int64, device=input_ids.device).unsqueeze(0).expand(batch, width)
         hidden = family.embed(core, input_ids, token_type_ids)
 
+        select = select_tokens_for_export if torch.jit.is_tracing() else select_tokens
         kept_positions = []
         for layer, exponent in zip(family.layers(core), self.exponents):
             mixed, probs = family.attend(layer, hidden, family.attention_mask(valid, hidden.dtype))
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
-            hidden, mixed, valid, positions = select_tokens(
+            hidden, mixed, valid, positions = select(
                 probs, valid, family.always_keep(valid), keep, hidden, mixed, positions
             )
             hidden = family.finish(layer, mixed, hidden)

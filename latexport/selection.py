@@ -1,8 +1,10 @@
 """ACC scoring and token selection: the math of the method, in one place.
 
-Every function here is pure and traceable.  The same code runs eagerly (for
-validation and fine-tuning) and is exported into the ONNX graph, so PyTorch
-and ONNX Runtime compute identical kept sets by construction.
+Every function here is pure.  ``select_tokens`` runs eagerly for validation and
+fine-tuning, and its TorchScript compilation (``select_tokens_for_export``,
+compiled from the same source) is what the ONNX export traces, so that its
+keep-everything branch becomes an ONNX ``If``.  PyTorch and ONNX Runtime thus
+compute identical kept sets by construction.
 
 Shapes: ``B`` batch, ``H`` heads, ``N`` word-vectors alive in this layer, ``K``
 word-vectors kept (the widest sample's count), ``D`` hidden size.
@@ -40,7 +42,6 @@ def keep_counts(
     return torch.minimum(wanted, alive).clamp(min=1)
 
 
-@torch.jit.script
 def acc_scores(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Attention Context Contribution of every key: the probability it receives,
     summed over heads and over valid queries.
@@ -53,7 +54,6 @@ def acc_scores(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.matmul(query_weights, probs).sum(dim=[1, 2])
 
 
-@torch.jit.script
 def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pick each row's ``keep[b]`` best scores and return them in original order.
 
@@ -80,7 +80,6 @@ def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tupl
     return kept, kept_valid
 
 
-@torch.jit.script
 def gather_rows(states: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     """Gather [B, N, D] rows with [B, K] indices already offset by ``b * N``.
 
@@ -90,7 +89,6 @@ def gather_rows(states: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     return states.flatten(0, 1)[flat_index]
 
 
-@torch.jit.script
 def select_tokens(
     probs: torch.Tensor,
     valid: torch.Tensor,
@@ -130,3 +128,9 @@ def select_tokens(
         kept_valid,
         positions.gather(1, kept),
     )
+
+
+# The exporter traces the model; a scripted function keeps its `if` as an ONNX If
+# node instead of baking in the branch taken at trace time.  Eager code calls the
+# plain function: scripted calls with autograd cost about 7 ms a layer in training.
+select_tokens_for_export = torch.jit.script(select_tokens)

@@ -29,8 +29,8 @@ def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
     result = runner.invoke(main, ["inspect", str(out), "--keep-ratio", "0.5", "--seq-len", "100"])
     assert result.exit_code == 0, result.output
     assert "electra / text-classification" in result.output
-    # 4 layers, 100 tokens, ratio 0.5: 85, 71, 60, 50 kept
-    assert "    4        60     50" in result.output
+    # 4 layers, 100 tokens, ratio 0.5, power 1.5: 92, 79, 64, 50 kept
+    assert "    4        64     50" in result.output
 
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     result = runner.invoke(

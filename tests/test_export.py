@@ -53,7 +53,7 @@ def test_graph_contract(converted, key):
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["latexport.family"] == {"xlm-roberta": "roberta"}.get(family, family)
     assert props["latexport.task"] == task
-    assert json.loads(props["latexport.profile"])["name"] == "geometric"
+    assert json.loads(props["latexport.profile"])["name"] == "power"
     if task == "text-classification":
         assert json.loads(props["latexport.labels"]) == ["label_a", "label_b", "label_c"]
     layers = json.loads(props["latexport.profile"])["num_layers"]

@@ -6,16 +6,23 @@ from latexport.profile import EliminationProfile, clamp_keep_ratio
 
 
 def test_formula_matches_documentation():
-    profile = EliminationProfile(num_layers=4, reach=1.0)
+    geometric = EliminationProfile(num_layers=4, power=1.0)
     # fraction(l) = 0.5 ** (l / 4); k = ceil(100 * fraction - 1e-3)
     expected = [math.ceil(100 * 0.5 ** (layer / 4) - 1e-3) for layer in range(1, 5)]
-    assert profile.kept_counts(100, 0.5) == expected == [85, 71, 60, 50]
+    assert geometric.kept_counts(100, 0.5) == expected == [85, 71, 60, 50]
+    convex = EliminationProfile(num_layers=4, power=2.0)
+    assert convex.kept_counts(100, 0.5) == [math.ceil(100 * 0.5 ** ((layer / 4) ** 2) - 1e-3) for layer in range(1, 5)]
 
 
-def test_keep_ratio_is_reached_at_reach_fraction_of_depth():
-    profile = EliminationProfile(num_layers=12, reach=0.5)
-    assert profile.kept_counts(1000, 0.2)[5] == 200  # layer 6 of 12
-    assert EliminationProfile(num_layers=12).kept_counts(1000, 0.2)[-1] == 200
+def test_keep_ratio_is_what_survives_the_last_layer():
+    for power in (1.0, 1.5, 2.0):
+        assert EliminationProfile(num_layers=12, power=power).kept_counts(1000, 0.2)[-1] == 200
+
+
+def test_larger_power_keeps_more_in_lower_layers():
+    counts = {power: EliminationProfile(num_layers=6, power=power).kept_counts(100, 0.1) for power in (1.0, 2.0)}
+    assert all(a <= b for a, b in zip(counts[1.0][:-1], counts[2.0][:-1]))
+    assert counts[1.0][0] < counts[2.0][0]
 
 
 def test_one_keeps_everything_and_zero_keeps_one():
@@ -46,11 +53,13 @@ def test_clamping_mirrors_the_graph():
 
 
 def test_json_round_trip_and_bad_profiles():
-    profile = EliminationProfile(num_layers=3, reach=0.75)
+    profile = EliminationProfile(num_layers=3, power=0.75)
     assert EliminationProfile.from_json(profile.to_json()) == profile
     with pytest.raises(ValueError):
         EliminationProfile(num_layers=0)
     with pytest.raises(ValueError):
-        EliminationProfile(num_layers=3, reach=0.0)
+        EliminationProfile(num_layers=3, power=0.0)
+    with pytest.raises(ValueError):
+        EliminationProfile(num_layers=3, power=float("nan"))
     with pytest.raises(ValueError):
         EliminationProfile(num_layers=3, name="linear")

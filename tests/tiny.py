@@ -89,7 +89,8 @@ FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 
 
 def make_checkpoint(
-    directory: Path, family: str = "bert", task: str = "text-classification", num_labels: int = 3, seed: int = 0, **sizes
+    directory: Path, family: str = "bert", task: str = "text-classification", num_labels: int = 3, seed: int = 0,
+    sharpen: bool = True, **sizes
 ) -> Path:
     """Write a tiny random checkpoint (config, weights, tokenizer) to ``directory``."""
     config = tiny_config(family, num_labels=num_labels, **sizes)
@@ -99,7 +100,8 @@ def make_checkpoint(
     torch.manual_seed(seed)
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     model = auto.from_config(config)
-    _sharpen(model)
+    if sharpen:
+        _sharpen(model)
     model.save_pretrained(directory)
     specials = ROBERTA_SPECIALS if family in ("roberta", "xlm-roberta") else BERT_SPECIALS
     tiny_tokenizer(specials, max_length=128).save_pretrained(directory)

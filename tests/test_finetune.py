@@ -1,0 +1,160 @@
+"""Fine-tuning: the output checkpoint, labels, reproducibility, resume, failures."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from latexport.data import DataError
+from latexport.errors import OutputExistsError
+from latexport.export import convert
+from latexport.finetune import FinetuneSettings, Trainer, TrainingError, finetune
+from latexport.runtime import LatencyAdjustableSession
+
+POSITIVE = "good great best love happy funny bright".split()
+NEGATIVE = "bad awful worst hate sad boring dull".split()
+FILLER = "the film movie story plot was it this that of and very quite".split()
+
+
+def sentiment_rows(count, seed, label_style="names"):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        positive = rng.random() < 0.5
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 10))]
+        for _ in range(3):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if positive else NEGATIVE))
+        label = {"names": "positive" if positive else "negative", "ints": int(positive), "floats": 0.9 * positive + 0.05}[label_style]
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return {
+        "train": write(folder / "train.jsonl", sentiment_rows(96, seed=1)),
+        "validation": write(folder / "validation.jsonl", sentiment_rows(32, seed=2)),
+    }
+
+
+SMALL = dict(epochs=4, batch_size=16, max_length=32, learning_rate=3e-3, save_every=3, sampled_ratios=1)
+
+
+@pytest.fixture(scope="module")
+def finetuned(checkpoints, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "lat"
+    result = finetune(str(checkpoints[("bert", "feature-extraction")]), out, data["train"], data["validation"],
+                      settings=FinetuneSettings(**SMALL), progress=False)
+    return out, result
+
+
+def test_output_is_an_ordinary_checkpoint_with_the_data_labels(finetuned):
+    out, result = finetuned
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    record = json.loads((out / "latexport_finetune.json").read_text())
+    assert record["completed"] and record["power"] == 1.5 and record["settings"]["recipe"] == "lat"
+    assert not (out / "training_state.pt").exists()
+    assert set(result.validation) >= {"1.0", "0.5", "0.1"}
+    assert result.steps == 24
+
+
+def test_training_learns_and_convert_takes_the_checkpoint_as_is(finetuned, tmp_path):
+    out, result = finetuned
+    assert result.validation["1.0"] >= 0.9 and result.validation["0.1"] >= 0.9, result.validation
+    converted = convert(str(out), tmp_path / "onnx")
+    assert converted.metadata.labels == ["negative", "positive"]
+    assert converted.metadata.profile.power == 1.5
+    session = LatencyAdjustableSession(tmp_path / "onnx")
+    assert session.predict(["a great great film"], keep_ratio=0.5).labels[0] in {"negative", "positive"}
+
+
+def test_integer_and_regression_labels(checkpoints, tmp_path):
+    train = write(tmp_path / "t.jsonl", sentiment_rows(32, 3, "ints"))
+    result = finetune(str(checkpoints[("distilbert", "text-classification")]), tmp_path / "ints", train, train,
+                      settings=FinetuneSettings(**{**SMALL, "epochs": 1}), progress=False)
+    assert json.loads((result.out_dir / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
+    train = write(tmp_path / "r.jsonl", sentiment_rows(32, 4, "floats"))
+    result = finetune(str(checkpoints[("distilbert", "text-classification")]), tmp_path / "reg", train, train,
+                      settings=FinetuneSettings(**{**SMALL, "epochs": 1}), progress=False)
+    config = json.loads((result.out_dir / "config.json").read_text())
+    assert len(config["id2label"]) == 1
+    assert config["problem_type"] == "regression"
+
+
+def test_interrupted_run_resumes_to_the_same_weights(checkpoints, data, tmp_path, monkeypatch):
+    base = str(checkpoints[("bert", "feature-extraction")])
+    settings = FinetuneSettings(**SMALL)
+    uninterrupted = finetune(base, tmp_path / "a", data["train"], data["validation"], settings=settings, progress=False)
+
+    original_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def crash_after_seven(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crash_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(base, tmp_path / "b", data["train"], data["validation"], settings=settings, progress=False)
+    record = json.loads((tmp_path / "b" / "latexport_finetune.json").read_text())
+    assert record["step"] == 6 and not record["completed"]  # saved every 3 steps
+    monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+    resumed = finetune(base, tmp_path / "b", data["train"], data["validation"], settings=settings, progress=False)
+    assert resumed.steps == uninterrupted.steps
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_completed_or_foreign_output_is_refused(finetuned, data, checkpoints, tmp_path):
+    out, _ = finetuned
+    with pytest.raises(OutputExistsError, match="completed run"):
+        finetune(str(checkpoints[("bert", "feature-extraction")]), out, data["train"], data["validation"],
+                 settings=FinetuneSettings(**SMALL), progress=False)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(OutputExistsError, match="not a latexport fine-tuning run"):
+        finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / "mine", data["train"], data["validation"],
+                 settings=FinetuneSettings(**SMALL), progress=False)
+
+
+def test_nan_loss_is_reported(checkpoints, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "training_loss", lambda self, batch: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):
+        finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / "nan", data["train"], data["validation"],
+                 settings=FinetuneSettings(**SMALL), progress=False)
+
+
+def test_unknown_validation_label_names_its_line(checkpoints, data, tmp_path):
+    rows = sentiment_rows(5, 9) + [{"text": "a film", "label": "neutral"}]
+    validation = write(tmp_path / "v.jsonl", rows)
+    with pytest.raises(DataError, match=r"v.jsonl:6: unknown label 'neutral'"):
+        finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / "o", data["train"], validation,
+                 settings=FinetuneSettings(**SMALL), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_lat_recipe_samples_the_smallest_ratio_and_log_uniform_others():
+    settings = FinetuneSettings(sampled_ratios=200, min_keep_ratio=0.05)
+
+    class Probe(Trainer):
+        def __init__(self):
+            self.settings = settings
+            self.ratio_generator = torch.Generator().manual_seed(0)
+
+    ratios = Probe().sample_ratios()
+    assert ratios[0] == 0.05 and all(0.05 <= r <= 1.0 for r in ratios)
+    logs = np.log(ratios[1:])
+    assert abs(np.mean(logs) - np.log(0.05) / 2) < 0.25  # log-uniform: mean of log is halfway
