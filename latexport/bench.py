@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnxruntime as ort
 
+from latexport.errors import InvalidInputError
 from latexport.estimate import estimated_speedup
 from latexport.metadata import ModelMetadata
 from latexport.runtime import MODEL_FILE, choose_providers, load_session, read_metadata
@@ -123,7 +124,7 @@ def bench(
     session = load_session(path, providers, session_options(threads))
     metadata = read_metadata(session, path)
     if seq_len > metadata.max_length:
-        raise ValueError(f"--seq-len {seq_len} exceeds the model's maximum of {metadata.max_length}")
+        raise InvalidInputError(f"--seq-len {seq_len} exceeds the model's maximum of {metadata.max_length}")
     feed = make_feed(metadata, batch, seq_len, mixed_lengths)
 
     calls: dict[str, Callable[[], object]] = {}
@@ -133,7 +134,7 @@ def bench(
 
         source = checkpoint or metadata.source
         if not source:
-            raise ValueError("this model does not record its source checkpoint; pass --checkpoint for the baseline")
+            raise InvalidInputError("this model does not record its source checkpoint; pass --checkpoint for the baseline")
         for exporter in baselines:
             plain = load_session(baseline_path(source, metadata.task, exporter), providers, session_options(threads))
             plain_inputs = {i.name for i in plain.get_inputs()}

@@ -40,6 +40,9 @@ class _LatexportGroup(click.Group):
         except LatexportError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except OSError as error:  # a full disk, a permission, a vanished file: the environment, not a bug
+            click.echo(f"error: {error.strerror or error}" + (f": {error.filename}" if error.filename else ""), err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was left half-written", err=True)
             sys.exit(130)
@@ -185,7 +188,7 @@ def _data_options(function):
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--recipe", type=click.Choice(["lat", "plain"]), default="lat", show_default=True,
               help="lat: full pass plus pruned passes distilled from it; plain: ordinary fine-tuning.")
-@click.option("--min-keep-ratio", default=0.05, show_default=True, type=float, help="Smallest keep ratio trained for.")
+@click.option("--min-keep-ratio", default=0.02, show_default=True, type=float, help="Smallest keep ratio trained for.")
 @click.option("--power", default=1.5, show_default=True, type=float, help="Elimination profile shape trained for (see inspect).")
 @click.option("--problem", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT_DIR holds a run.")

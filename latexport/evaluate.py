@@ -25,8 +25,7 @@ from latexport.metadata import PREFIX
 from latexport.runtime import MODEL_FILE, LatencyAdjustableSession
 
 EVALUATION_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-TUNING_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2,
-                 0.17, 0.14, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01)
+TUNING_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02)
 
 
 @dataclass
@@ -190,6 +189,10 @@ def choose_ratio(evaluation: Evaluation, max_drop: Optional[float] = None, targe
     """
     if (max_drop is None) == (target_speedup is None):
         raise LatexportError("give exactly one of max_drop or target_speedup")
+    if max_drop is not None and not max_drop >= 0:
+        raise LatexportError(f"max_drop must be 0 or more, got {max_drop}")
+    if target_speedup is not None and not target_speedup > 0:
+        raise LatexportError(f"target_speedup must be positive, got {target_speedup}")
     metric = evaluation.metric
     full = evaluation.full.metrics[metric]
     if max_drop is not None:

@@ -3,10 +3,10 @@
 Recipe ("lat", the default), per step, with ACC elimination active:
 
 1. the full model (keep_ratio 1) learns from the labels;
-2. the smallest ratio of the range and ``sampled_ratios`` ratios drawn
-   log-uniformly from [min_keep_ratio, 1) learn from the labels and from the
-   full pass's predictions (in-place distillation, as in the sandwich rule of
-   the Length-Adaptive Transformer).
+2. the smallest ratio of the range (``min_keep_ratio``, 0.02) and
+   ``sampled_ratios`` (1) ratios drawn log-uniformly from [min_keep_ratio, 1)
+   learn from the labels and from the full pass's predictions (in-place
+   distillation, as in the sandwich rule of the Length-Adaptive Transformer).
 
 One model then serves the whole keep_ratio range, which is what lets the
 speed be chosen afterwards without training ("offline tuning").  The "plain"
@@ -37,6 +37,7 @@ from latexport.atomic import atomic_directory
 from latexport.checkpoint import load_config, load_tokenizer
 from latexport.data import (
     Columns,
+    DataError,
     Examples,
     decide_problem,
     encode_labels,
@@ -68,8 +69,8 @@ class FinetuneSettings:
     max_length: int = 128
     seed: int = 42
     recipe: str = "lat"
-    sampled_ratios: int = 2
-    min_keep_ratio: float = 0.05
+    sampled_ratios: int = 1
+    min_keep_ratio: float = 0.02
     distill_weight: float = 0.5
     temperature: float = 2.0
     power: float = DEFAULT_POWER
@@ -149,13 +150,15 @@ class Trainer:
             train_targets, validation_targets = regression_targets(train), regression_targets(validation)
         else:
             self.label_names = label_names(train.labels)
+            if len(self.label_names) < 2:
+                raise DataError(f"{train.source}: only one label ({self.label_names}); classification needs two or more")
             train_targets, validation_targets = encode_labels(train, self.label_names), encode_labels(validation, self.label_names)
 
         resume_dir = self._resume_source()
         source = str(resume_dir) if resume_dir else model_source
         torch.manual_seed(settings.seed)  # before the new head is initialised: a seed fixes the whole run
-        self.tokenizer = load_tokenizer(source)
         self.model = self._load_model(source)
+        self.tokenizer = load_tokenizer(source)
         self.family = family_for(self.model.config)
         layers = self.family.layer_shape(self.model.config).num_layers
         self.lat = LatencyAdjustableModel(

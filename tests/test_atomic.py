@@ -71,3 +71,22 @@ def test_a_conversion_killed_midway_leaves_nothing(checkpoints, tmp_path, sig):
     process.wait(timeout=30)
     assert process.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exporting"]
+
+
+def test_a_full_disk_during_conversion_leaves_nothing_and_says_so(checkpoints, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    import latexport.export as export
+    from latexport.cli import main
+
+    def disk_full(lat, metadata, path):
+        path.write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export, "export_onnx", disk_full)
+    result = CliRunner().invoke(main, ["convert", str(checkpoints[("bert", "text-classification")]), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -94,3 +94,28 @@ def test_failed_validation_exits_nonzero_with_report(runner, checkpoints, tmp_pa
 def test_entry_point_is_installed():
     result = subprocess.run([sys.executable, "-m", "latexport.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "latexport" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "{model}", "--seq-len", "4096"], "exceeds the model's maximum"),
+        (["tune", "{model}", "--data", "{data}", "--max-drop", "-1"], "max_drop must be 0 or more"),
+        (["evaluate", "{model}", "--data", "{tmp}/missing.jsonl"], "no such data file"),
+        (["finetune", "{ckpt}", "-o", "{tmp}/ft", "--train", "{one_label}", "--validation", "{one_label}"], "only one label"),
+        (["finetune", "{tmp}/nothing", "-o", "{tmp}/ft", "--train", "{data}", "--validation", "{data}"], "no such checkpoint"),
+        (["run", "{model}", ""], "texts[0] is empty"),
+    ],
+)
+def test_more_bad_inputs_are_one_clear_line(runner, bert_classifier, checkpoints, tmp_path, args, message):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a good film", "label": "label_a"}\n{"text": "bad", "label": "label_b"}\n')
+    one_label = tmp_path / "one.jsonl"
+    one_label.write_text('{"text": "a good film", "label": "x"}\n')
+    fill = {"model": str(bert_classifier), "tmp": str(tmp_path), "ckpt": str(checkpoints[("bert", "text-classification")]),
+            "data": str(data), "one_label": str(one_label)}
+    result = runner.invoke(main, [a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "ft").exists()
