@@ -30,8 +30,9 @@ from latexport.evaluate import evaluate, render, tune
 from latexport.export import convert
 from latexport.finetune import FinetuneSettings, finetune
 
+TUNE_RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03)
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.04, 0.03, 0.02)
+RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03)
 
 
 @dataclass
@@ -55,7 +56,7 @@ TASKS = {
     "rotten_tomatoes": Task("rotten_tomatoes", "short texts: movie-review sentiment", 64, 32, 32, 2),
     "trec": Task("trec", "short texts: question classification", 48, 32, 32, 3),
     "austen": Task("austen", "long texts: which Austen novel a 200-word passage is from", 256, 16, 8, 2,
-                   train_limit=1200),
+                   train_limit=1000),
 }
 
 
@@ -89,7 +90,7 @@ def run_task(task: Task, work: Path) -> dict:
         timings[f"convert {recipe}"] = time.perf_counter() - start
         if recipe == "lat":
             start = time.perf_counter()
-            tuned = tune(model_dir, str(files["validation"]), max_drop=0.01, batch_size=task.eval_batch)
+            tuned = tune(model_dir, str(files["validation"]), max_drop=0.01, batch_size=task.eval_batch, keep_ratios=TUNE_RATIOS)
             timings["tune lat"] = time.perf_counter() - start
         start = time.perf_counter()
         evaluations[recipe] = evaluate(model_dir, str(files["test"]), keep_ratios=RATIOS, batch_size=task.eval_batch)

@@ -130,7 +130,7 @@ def inspect(model_dir, keep_ratio, seq_len):
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["optimum", "torch", "optimum-O2"]), help="Also time a plain export of the source checkpoint (repeatable).")
 @click.option("--checkpoint", help="Checkpoint for the baseline (default: the one the model was converted from).")
 @click.option("--repeats", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0: all cores).")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 @click.option("--mixed-lengths", is_flag=True, help="Pad rows to random 25-100% lengths.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a speedup plot (PNG).")
@@ -158,7 +158,7 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(8, 512))
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--threads", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 @click.option("--overwrite", is_flag=True, help="Convert again even if OUT_DIR exists.")
 def demo(out_dir, batch, seq_len, repeats, threads, overwrite):
     """Convert the real all-MiniLM-L6-v2 and run it at several keep ratios, printing each latency."""
@@ -188,8 +188,8 @@ def _data_options(function):
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--recipe", type=click.Choice(["lat", "plain"]), default="lat", show_default=True,
               help="lat: full pass plus pruned passes distilled from it; plain: ordinary fine-tuning.")
-@click.option("--min-keep-ratio", default=0.02, show_default=True, type=float, help="Smallest keep ratio trained for.")
-@click.option("--power", default=1.5, show_default=True, type=float, help="Elimination profile shape trained for (see inspect).")
+@click.option("--min-keep-ratio", default=0.05, show_default=True, type=float, help="Smallest keep ratio trained for.")
+@click.option("--power", type=float, help="Elimination profile shape trained for (default: 1.5 for short texts, 1 for long; see inspect).")
 @click.option("--problem", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT_DIR holds a run.")
 def finetune(model, out_dir, train_data, validation_data, text_column, text_pair_column, label_column, epochs,
@@ -214,7 +214,7 @@ def finetune(model, out_dir, train_data, validation_data, text_column, text_pair
 @_data_options
 @click.option("--keep-ratios", default="1,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1", show_default=True, callback=lambda c, p, v: _ratios(v))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--threads", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 @click.option("--graphs", "graphs_dir", default=Path("graphs"), show_default=True, type=click.Path(path_type=Path),
               help="Folder for the plot and JSON.")
 def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_ratios, batch_size, threads, graphs_dir):
@@ -240,7 +240,7 @@ def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_
 @click.option("--max-drop", type=float, help="Largest allowed metric drop, absolute (0.01 = one point).")
 @click.option("--target-speedup", type=float, help="Smallest measured speedup wanted.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--threads", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, target_speedup, batch_size, threads):
     """Choose MODEL_DIR's default keep ratio offline, from a constraint measured on held-out data."""
     from latexport import evaluate as evaluation

@@ -32,6 +32,10 @@ class ModelDirectoryError(LatexportError):
     """An exported model directory (or its model.onnx) cannot be used."""
 
 
+class SettingsError(LatexportError, ValueError):
+    """An option is out of its range (a profile power, a learning rate, ...)."""
+
+
 class InvalidInputError(LatexportError, ValueError):
     """A runtime input (text, tensor, keep_ratio) is unusable; the message names it."""
 

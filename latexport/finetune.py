@@ -3,8 +3,8 @@
 Recipe ("lat", the default), per step, with ACC elimination active:
 
 1. the full model (keep_ratio 1) learns from the labels;
-2. the smallest ratio of the range (``min_keep_ratio``, 0.02) and
-   ``sampled_ratios`` (1) ratios drawn log-uniformly from [min_keep_ratio, 1)
+2. the smallest ratio of the range (``min_keep_ratio``, 0.05) and
+   ``sampled_ratios`` (2) ratios drawn log-uniformly from [min_keep_ratio, 1)
    learn from the labels and from the full pass's predictions (in-place
    distillation, as in the sandwich rule of the Length-Adaptive Transformer).
 
@@ -45,10 +45,10 @@ from latexport.data import (
     read_examples,
     regression_targets,
 )
-from latexport.errors import LatexportError, OutputExistsError
+from latexport.errors import LatexportError, OutputExistsError, SettingsError
 from latexport.families import TASK_CLASSIFICATION, family_for
 from latexport.model import LatencyAdjustableModel
-from latexport.profile import DEFAULT_POWER, EliminationProfile
+from latexport.profile import EliminationProfile
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +69,58 @@ class FinetuneSettings:
     max_length: int = 128
     seed: int = 42
     recipe: str = "lat"
-    sampled_ratios: int = 1
-    min_keep_ratio: float = 0.02
+    sampled_ratios: int = 2
+    min_keep_ratio: float = 0.05
     distill_weight: float = 0.5
     temperature: float = 2.0
-    power: float = DEFAULT_POWER
+    power: Optional[float] = None  # None: chosen from the training texts' length (``auto_power``)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     save_every: int = 200
     problem: str = "auto"
 
     def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        if not 0.0 < self.min_keep_ratio <= 1.0:
-            raise ValueError(f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}")
+        checks = [
+            (self.recipe in RECIPES, f"recipe must be one of {RECIPES}, got {self.recipe!r}"),
+            (0.0 < self.min_keep_ratio <= 1.0, f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), f"learning_rate must be positive, got {self.learning_rate}"),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be at least 1"),
+            (self.max_length >= 8, f"max_length must be at least 8, got {self.max_length}"),
+            (self.sampled_ratios >= 0 and self.save_every >= 1, "sampled_ratios must be >= 0 and save_every >= 1"),
+            (self.power is None or 0.25 <= self.power <= 4.0, f"power must be in [0.25, 4], got {self.power}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+
+    def resolved(self, train_lengths: list[int]) -> "FinetuneSettings":
+        """These settings with ``power`` fixed (``auto_power`` when it was left out)."""
+        if self.power is not None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, power=auto_power(train_lengths))
 
     def fingerprint(self) -> str:
         fields = {k: v for k, v in asdict(self).items() if k != "save_every"}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+SHORT_TEXT_POWER, LONG_TEXT_POWER, LONG_TEXT_TOKENS = 1.5, 1.0, 128
+
+
+def auto_power(token_lengths: list[int]) -> float:
+    """The profile shape for this data: 1.5 for short texts, 1.0 for long ones.
+
+    Measured with MiniLM: on sentence-length reviews (27 tokens) power 1.5 keeps
+    accuracy within a point at 1.55x where power 1 loses 2.6 points; on 256-token
+    passages, LAT fine-tuned, power 1 keeps 94.4% at a measured 2.68x where power
+    1.5 keeps 94.2% only up to 2.46x.  Short texts need every word until the
+    upper layers; long ones are redundant early.  The split is at a median of
+    128 tokens; between the two measured regimes it is a judgement, not a fit.
+    """
+    median = float(np.median(token_lengths)) if token_lengths else 0.0
+    return LONG_TEXT_POWER if median >= LONG_TEXT_TOKENS else SHORT_TEXT_POWER
 
 
 @dataclass
@@ -141,7 +174,6 @@ class Trainer:
     """One fine-tuning run; ``run`` trains (or resumes) and returns the result."""
 
     def __init__(self, model_source: str, train: Examples, validation: Examples, out_dir: Path, settings: FinetuneSettings):
-        self.settings = settings
         self.out_dir = Path(out_dir)
         self.problem = decide_problem(train.labels, settings.problem)
         self.regression = self.problem == "regression"
@@ -154,11 +186,13 @@ class Trainer:
                 raise DataError(f"{train.source}: only one label ({self.label_names}); classification needs two or more")
             train_targets, validation_targets = encode_labels(train, self.label_names), encode_labels(validation, self.label_names)
 
+        load_config(model_source)  # a clear error for a missing or unsupported checkpoint, before anything else
+        self.tokenizer = load_tokenizer(model_source)
+        lengths = [min(len(ids), settings.max_length) for ids in self.tokenizer(train.texts[:2000])["input_ids"]]
+        self.settings = settings = settings.resolved(lengths)
         resume_dir = self._resume_source()
-        source = str(resume_dir) if resume_dir else model_source
         torch.manual_seed(settings.seed)  # before the new head is initialised: a seed fixes the whole run
-        self.model = self._load_model(source)
-        self.tokenizer = load_tokenizer(source)
+        self.model = self._load_model(str(resume_dir) if resume_dir else model_source)
         self.family = family_for(self.model.config)
         layers = self.family.layer_shape(self.model.config).num_layers
         self.lat = LatencyAdjustableModel(

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from latexport.errors import SettingsError
+
 CEIL_SLACK = 1e-3
 DEFAULT_POWER = 1.5
 
@@ -47,11 +49,11 @@ class EliminationProfile:
 
     def __post_init__(self) -> None:
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+            raise SettingsError(f"num_layers must be >= 1, got {self.num_layers}")
         if not (0.25 <= self.power <= 4.0) or math.isnan(self.power):
-            raise ValueError(f"power must be in [0.25, 4], got {self.power}")
+            raise SettingsError(f"power must be in [0.25, 4], got {self.power}")
         if self.name != "power":
-            raise ValueError(f"unknown elimination profile {self.name!r}; latexport knows 'power'")
+            raise SettingsError(f"unknown elimination profile {self.name!r}; latexport knows 'power'")
 
     def exponents(self) -> list[float]:
         """Per-layer exponent e(l) = (l / L) ** power, so that fraction(l) = keep_ratio ** e(l)."""
@@ -64,7 +66,7 @@ class EliminationProfile:
     def kept_counts(self, valid_length: int, keep_ratio: float) -> list[int]:
         """Word-vectors alive after each layer for one sample of ``valid_length`` tokens."""
         if valid_length < 0:
-            raise ValueError(f"valid_length must be >= 0, got {valid_length}")
+            raise SettingsError(f"valid_length must be >= 0, got {valid_length}")
         counts = []
         previous = max(int(valid_length), 1)
         n = np.float32(valid_length)

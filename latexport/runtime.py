@@ -112,7 +112,9 @@ class LatencyAdjustableSession:
         truncation: str = "warn",
     ):
         if truncation not in TRUNCATION_MODES:
-            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+            raise InvalidInputError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        if not isinstance(intra_op_threads, int) or intra_op_threads < 0:
+            raise InvalidInputError(f"intra_op_threads must be 0 (all cores) or more, got {intra_op_threads!r}")
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelDirectoryError(f"{self.model_dir} is not a directory")

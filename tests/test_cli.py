@@ -105,6 +105,11 @@ def test_entry_point_is_installed():
         (["finetune", "{ckpt}", "-o", "{tmp}/ft", "--train", "{one_label}", "--validation", "{one_label}"], "only one label"),
         (["finetune", "{tmp}/nothing", "-o", "{tmp}/ft", "--train", "{data}", "--validation", "{data}"], "no such checkpoint"),
         (["run", "{model}", ""], "texts[0] is empty"),
+        (["finetune", "{ckpt}", "-o", "{tmp}/ft", "--train", "{data}", "--validation", "{data}", "--learning-rate", "-1"],
+         "learning_rate must be positive"),
+        (["finetune", "{ckpt}", "-o", "{tmp}/ft", "--train", "{data}", "--validation", "{data}", "--power", "9"], "power must be in"),
+        (["convert", "{ckpt}", "-o", "{tmp}/ft", "--power", "0"], "power must be in"),
+        (["bench", "{model}", "--threads", "-3"], "threads"),
     ],
 )
 def test_more_bad_inputs_are_one_clear_line(runner, bert_classifier, checkpoints, tmp_path, args, message):

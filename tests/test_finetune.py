@@ -146,6 +146,15 @@ def test_unknown_validation_label_names_its_line(checkpoints, data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_power_follows_text_length_unless_given():
+    from latexport.finetune import auto_power
+
+    assert auto_power([20, 30, 40]) == 1.5
+    assert auto_power([250, 256, 200]) == 1.0
+    assert FinetuneSettings(power=2.0).resolved([300]).power == 2.0
+    assert FinetuneSettings().resolved([300]).power == 1.0
+
+
 def test_lat_recipe_samples_the_smallest_ratio_and_log_uniform_others():
     settings = FinetuneSettings(sampled_ratios=200, min_keep_ratio=0.05)
 
