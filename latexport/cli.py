@@ -66,16 +66,21 @@ def main(verbose: bool) -> None:
 @click.option("--tokenizer", help="Directory or hub id of the tokenizer, if the checkpoint has none.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (with a warning).")
-def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrite, keep_invalid):
+@click.option("--optimize", is_flag=True, help="Apply ONNX Runtime's LayerNorm, GELU and bias fusions (validated like the plain graph).")
+@click.option("--quantize", type=click.Choice(["dynamic"]), help="int8 weight MatMuls (dynamic quantization); token selection stays float32.")
+@click.option("--fp16", is_flag=True, help="float16 weights and activations, for CUDA (keep counts stay float32).")
+def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrite, keep_invalid, optimize, quantize, fp16):
     """Convert CHECKPOINT (a directory or hub id) into OUT_DIR/model.onnx with tokenizer and config."""
     from latexport.export import convert as convert_checkpoint
 
     start = time.perf_counter()
     result = convert_checkpoint(
         checkpoint, out_dir, task=task, atol=atol, power=power, pooling=pooling, tokenizer=tokenizer,
-        overwrite=overwrite, keep_invalid=keep_invalid,
+        overwrite=overwrite, keep_invalid=keep_invalid, optimize=optimize, quantize=quantize, fp16=fp16,
     )
     click.echo(result.report.render())
+    if result.variant_report:
+        click.echo(result.variant_report.render())
     status = "validated" if result.report.passed else "NOT validated (kept as asked)"
     click.echo(f"wrote {out_dir / 'model.onnx'} ({status}) in {time.perf_counter() - start:.1f} s")
 
@@ -134,7 +139,9 @@ def inspect(model_dir, keep_ratio, seq_len):
 @click.option("--mixed-lengths", is_flag=True, help="Pad rows to random 25-100% lengths.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a speedup plot (PNG).")
-def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths, json_path, plot_path):
+@click.option("--memory/--no-memory", default=True, show_default=True, help="Measure each variant's peak memory in a fresh process.")
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Another latexport directory (say, its int8 variant) to time at the same ratios (repeatable).")
+def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths, json_path, plot_path, memory, compare):
     """Measure MODEL_DIR's latency at each keep ratio, interleaved with an optional plain baseline."""
     from latexport import bench as benchmark
     from latexport.atomic import write_text_atomic
@@ -143,7 +150,8 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
         keep_ratios = (1.0, *keep_ratios)
     result = benchmark.bench(
         model_dir, seq_len=seq_len, batch=batch, keep_ratios=keep_ratios, provider=provider, baselines=baselines,
-        checkpoint=checkpoint, repeats=repeats, threads=threads, mixed_lengths=mixed_lengths,
+        checkpoint=checkpoint, repeats=repeats, threads=threads, mixed_lengths=mixed_lengths, memory=memory,
+        compare=tuple(compare),
     )
     click.echo(benchmark.render(result))
     if json_path:

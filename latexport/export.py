@@ -21,14 +21,24 @@ import torch
 from latexport import __version__
 from latexport.atomic import atomic_directory, check_target_free
 from latexport.checkpoint import LoadedCheckpoint, finetuned_power, load_checkpoint, sentence_transformers_pooling
-from latexport.errors import ValidationError
+from latexport.errors import SettingsError, ValidationError
 from latexport.estimate import FlopsModel
-from latexport.families import TASK_FEATURES
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES
 from latexport.metadata import ModelMetadata
+from latexport.families.base import LayerShape
 from latexport.model import ExportWrapper, LatencyAdjustableModel
-from latexport.passes import hide_outputs, set_metadata
+from latexport.optimize import (
+    QUANTIZATION_MODES,
+    VariantReport,
+    compare_variant,
+    convert_to_float16,
+    describe_variant,
+    fuse_transformer_ops,
+    quantize_dynamic_int8,
+)
+from latexport.passes import finish_saved_model, hide_outputs, set_metadata, with_int64_outputs
 from latexport.profile import DEFAULT_POWER, EliminationProfile
-from latexport.validate import DEFAULT_RATIOS, ValidationReport, validate_export
+from latexport.validate import DEFAULT_RATIOS, ValidationReport, validate_export, validation_inputs
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,8 @@ class ConvertResult:
     out_dir: Path
     metadata: ModelMetadata
     report: Optional[ValidationReport]
+    #: For ``quantize`` or ``fp16``: the final file against the validated float32 one.
+    variant_report: Optional[VariantReport] = None
 
 
 def build_model(loaded: LoadedCheckpoint, power: float = DEFAULT_POWER, pooling: str = "mean") -> LatencyAdjustableModel:
@@ -50,7 +62,9 @@ def build_model(loaded: LoadedCheckpoint, power: float = DEFAULT_POWER, pooling:
     return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling).eval()
 
 
-def describe(loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, source: Optional[str] = None) -> ModelMetadata:
+def describe(
+    loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, source: Optional[str] = None, optimizations: tuple[str, ...] = ()
+) -> ModelMetadata:
     shape = loaded.family.layer_shape(loaded.config)
     input_names = ["input_ids", "attention_mask"]
     if loaded.family.uses_token_type_ids(loaded.config):
@@ -78,11 +92,18 @@ def describe(loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, source: Opti
         kept_positions_taps=[f"kept_positions.{layer}" for layer in range(shape.num_layers)],
         problem_type=loaded.problem_type,
         source=source,
+        optimizations=list(optimizations),
     )
 
 
-def export_onnx(lat: LatencyAdjustableModel, metadata: ModelMetadata, path: Path) -> None:
+def export_onnx(
+    lat: LatencyAdjustableModel, metadata: ModelMetadata, path: Path, fuse_for: Optional[LayerShape] = None
+) -> None:
     """Trace with the TorchScript exporter and post-process into ``path``.
+
+    With ``fuse_for`` ONNX Runtime's transformer fusions run on the traced
+    graph while the kept-positions taps are still outputs, so that no fusion
+    can prune them away before validation reads them.
 
     The TorchScript exporter takes the data-dependent k of every layer as a
     tensor (the dynamo exporter does too, but its graphs ran 5-25% slower in
@@ -121,6 +142,8 @@ def export_onnx(lat: LatencyAdjustableModel, metadata: ModelMetadata, path: Path
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
+    if fuse_for is not None:
+        fuse_transformer_ops(traced_path, fuse_for, lat.family.ort_model_type)
     model = ir.load(str(traced_path))
     hide_outputs(model, metadata.kept_positions_taps)
     set_metadata(model, metadata.to_props())
@@ -142,21 +165,32 @@ def convert(
     keep_invalid: bool = False,
     tokenizer: Optional[str] = None,
     validation_ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    optimize: bool = False,
+    quantize: Optional[str] = None,
+    fp16: bool = False,
 ) -> ConvertResult:
     """Convert ``checkpoint`` into ``out_dir`` (model.onnx + tokenizer + config).
 
-    Raises ``ValidationError`` (and writes nothing) when the graph does not
-    match its references, unless ``keep_invalid``.
+    ``optimize`` fuses LayerNorm/GELU/bias ops; ``quantize="dynamic"`` makes
+    the weight MatMuls int8, and ``fp16`` halves the float tensors (for CUDA),
+    each after the float32 graph has been validated (see ``latexport.optimize``).  Raises ``ValidationError`` (and writes nothing)
+    when the graph does not match its references, unless ``keep_invalid``.
     """
+    if quantize is not None and quantize not in QUANTIZATION_MODES:
+        raise SettingsError(f"quantize must be one of {QUANTIZATION_MODES}, got {quantize!r}")
+    if quantize and fp16:
+        raise SettingsError("choose int8 quantization or fp16, not both")
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     loaded = load_checkpoint(checkpoint, task=task, tokenizer_source=tokenizer)
     power = power if power is not None else finetuned_power(checkpoint) or DEFAULT_POWER
     lat = build_model(loaded, power=power, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint
-    metadata = describe(loaded, lat, source)
+    metadata = describe(loaded, lat, source, describe_variant(optimize, quantize, fp16))
+    shape = loaded.family.layer_shape(loaded.config)
+    variant_report = None
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:
-        export_onnx(lat, metadata, scratch / MODEL_FILE)
+        export_onnx(lat, metadata, scratch / MODEL_FILE, fuse_for=shape if optimize else None)
         loaded.tokenizer.save_pretrained(scratch)
         loaded.config.save_pretrained(scratch)
         report = validate_export(
@@ -166,4 +200,34 @@ def convert(
             if not keep_invalid:
                 raise ValidationError(f"{checkpoint}: the exported graph failed validation", report.render())
             log.warning("validation failed; keeping %s anyway as asked:\n%s", out_dir, report.render())
-    return ConvertResult(out_dir=out_dir, metadata=metadata, report=report)
+        if quantize or fp16:
+            transform, name = (quantize_dynamic_int8, "int8") if quantize else (convert_to_float16, "fp16")
+            variant_report = reduce_precision(scratch / MODEL_FILE, loaded, metadata, validation_ratios, transform, name)
+    return ConvertResult(out_dir=out_dir, metadata=metadata, report=report, variant_report=variant_report)
+
+
+def reduce_precision(
+    model_path: Path, loaded: LoadedCheckpoint, metadata: ModelMetadata, ratios: tuple[float, ...], transform, name: str
+) -> VariantReport:
+    """Replace the validated float32 file by its int8 or fp16 version, and compare the two.
+
+    The taps are outputs again while the tool rewrites the graph, so that it
+    keeps the nodes behind them for the comparison of kept word-vectors.
+    """
+    float_path = model_path.with_name("model.float32.onnx")
+    float_path.write_bytes(with_int64_outputs(model_path, metadata.kept_positions_taps))
+    os.unlink(model_path)
+    transform(float_path, model_path)
+    finish_saved_model(model_path, metadata.kept_positions_taps, metadata.to_props())
+    report = compare_variant(
+        name,
+        float_path,
+        model_path,
+        validation_inputs(loaded),
+        metadata.output_name,
+        metadata.kept_positions_taps,
+        (1.0, *ratios),
+        classification=metadata.task == TASK_CLASSIFICATION and metadata.problem_type != "regression",
+    )
+    os.unlink(float_path)
+    return report

@@ -36,6 +36,8 @@ class ModelMetadata:
     default_keep_ratio: float = 1.0
     tuning: Optional[dict] = None
     source: Optional[str] = None
+    #: Graph variants applied after tracing: "fusions", "int8-dynamic".
+    optimizations: list[str] = field(default_factory=list)
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -60,6 +62,8 @@ class ModelMetadata:
             props["problem_type"] = self.problem_type
         if self.source:
             props["source"] = self.source
+        if self.optimizations:
+            props["optimizations"] = json.dumps(self.optimizations)
         if self.tuning is not None:
             props["tuning"] = json.dumps(self.tuning, sort_keys=True)
         return {PREFIX + key: value for key, value in props.items()}
@@ -87,4 +91,5 @@ class ModelMetadata:
             default_keep_ratio=float(own.get("default_keep_ratio", "1.0")),
             tuning=json.loads(own["tuning"]) if "tuning" in own else None,
             source=own.get("source"),
+            optimizations=list(json.loads(own.get("optimizations", "[]"))),
         )

@@ -36,3 +36,11 @@ def with_int64_outputs(model_path: Path, names: list[str]) -> bytes:
         if name not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
     return proto.SerializeToString()
+
+
+def finish_saved_model(model_path: Path, hidden: list[str], props: dict[str, str]) -> None:
+    """Hide the taps and set the metadata of a file another tool has rewritten."""
+    model = ir.load(str(model_path))
+    hide_outputs(model, hidden)
+    set_metadata(model, props)
+    ir.save(model, str(model_path))

@@ -41,13 +41,15 @@ def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
     data = json.loads(json_path.read_text())
     assert [row["keep_ratio"] for row in data["rows"]] == [1.0, 0.5]
     assert all(row["median_ms"] > 0 for row in data["rows"])
+    # peak memory, measured in a fresh process per variant: the whole process, weights included
+    assert all(row["peak_mib"] > 10 and 0 <= row["working_mib"] < row["peak_mib"] for row in data["rows"])
     assert plot_path.stat().st_size > 1000
 
 
 def test_bench_with_a_plain_baseline(runner, converted):
     result = runner.invoke(
         main, ["bench", str(converted[("distilbert", "text-classification")]), "--seq-len", "32", "--keep-ratios", "1",
-               "--repeats", "2", "--baseline", "torch"],
+               "--repeats", "2", "--baseline", "torch", "--no-memory"],
     )
     assert result.exit_code == 0, result.output
     assert "plain (torch)" in result.output

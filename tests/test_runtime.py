@@ -197,3 +197,12 @@ def test_one_session_is_safe_across_threads(classifier):
         thread.join()
     for got, want in zip(results, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_io_binding_gives_the_same_outputs(bert_classifier):
+    """The CUDA path binds inputs and outputs; the same code runs on CPU here."""
+    plain = LatencyAdjustableSession(bert_classifier)
+    bound = LatencyAdjustableSession(bert_classifier, io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    for ratio in (1.0, 0.5, 0.1):
+        np.testing.assert_array_equal(bound.predict(TEXTS, keep_ratio=ratio).logits, plain.predict(TEXTS, keep_ratio=ratio).logits)

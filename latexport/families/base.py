@@ -43,6 +43,8 @@ class EncoderFamily:
     model_types: tuple[str, ...] = ()
     #: Whether the attention output projection runs after the drop (FLOPs model).
     output_projection_after_drop: bool = True
+    #: The ``model_type`` ONNX Runtime's transformer optimizer knows this family by.
+    ort_model_type: str = "bert"
 
     # --- configuration ---------------------------------------------------
     def uses_token_type_ids(self, config) -> bool:

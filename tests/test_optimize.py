@@ -1,0 +1,127 @@
+"""`convert --optimize` and `--quantize dynamic`: faster graphs, same token selection."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from latexport.errors import SettingsError
+from latexport.export import convert
+from latexport.runtime import LatencyAdjustableSession
+from test_export import session_with_taps
+
+SELECTION_OPS = ("TopK", "If", "CumSum", "GatherElements", "Softmax")
+TEXTS = ["a very good film with a great story and a happy ending", "the plot was dull", "fun"]
+
+
+def op_counts(model_dir) -> Counter:
+    proto = onnx.load(str(model_dir / "model.onnx"))
+    counts = Counter(node.op_type for node in proto.graph.node)
+    for node in proto.graph.node:  # the selection lives inside the If branches
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                counts.update(f"{inner.op_type}" for inner in attribute.g.node)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def variants(checkpoints, tmp_path_factory):
+    """The same tiny BERT converted plain, fused, and fused + int8."""
+    checkpoint = str(checkpoints[("bert", "text-classification")])
+    root = tmp_path_factory.mktemp("variants")
+    return {
+        "plain": convert(checkpoint, root / "plain"),
+        "fused": convert(checkpoint, root / "fused", optimize=True),
+        "int8": convert(checkpoint, root / "int8", optimize=True, quantize="dynamic"),
+        "fp16": convert(checkpoint, root / "fp16", optimize=True, fp16=True),
+    }
+
+
+def test_fused_graph_has_the_fusions_and_passes_validation(variants):
+    fused = variants["fused"]
+    assert fused.report.passed
+    assert fused.metadata.optimizations == ["fusions"]
+    counts = op_counts(fused.out_dir)
+    assert counts["SkipLayerNormalization"] >= 4 and counts["BiasGelu"] == 4
+    assert counts["Attention"] == 0  # the scorer reads the probabilities
+    plain_counts = op_counts(variants["plain"].out_dir)
+    assert sum(counts.values()) < sum(plain_counts.values())
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.6, 0.3, 0.1])
+def test_fused_graph_equals_plain_graph_with_the_same_kept_tokens(variants, ratio):
+    plain, taps = session_with_taps(variants["plain"].out_dir)
+    fused, _ = session_with_taps(variants["fused"].out_dir)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(5, 100, size=(3, 30))
+    mask = np.ones((3, 30), dtype=np.int64)
+    mask[1, 20:] = 0
+    mask[2, 9:] = 0
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+            "keep_ratio": np.array(ratio, dtype=np.float32)}
+    expected = plain.run(["logits", *taps], feed)
+    got = fused.run(["logits", *taps], feed)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-4)
+    for layer, (a, b) in enumerate(zip(got[1:], expected[1:])):
+        assert np.array_equal(a, b), f"layer {layer}"
+
+
+def test_int8_quantizes_weights_only_and_keeps_the_selection(variants):
+    int8 = variants["int8"]
+    assert int8.metadata.optimizations == ["fusions", "int8-dynamic"]
+    counts, fused_counts = op_counts(int8.out_dir), op_counts(variants["fused"].out_dir)
+    assert counts["MatMulInteger"] > 0
+    for op in SELECTION_OPS:
+        assert counts[op] == fused_counts[op], op
+    proto = onnx.load(str(int8.out_dir / "model.onnx"))
+    weights = {init.name for init in proto.graph.initializer}
+    float_weight_matmuls = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert float_weight_matmuls == []
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["latexport.optimizations"] == '["fusions", "int8-dynamic"]'
+
+
+def test_int8_stays_close_to_float32_and_runs_at_every_ratio(variants):
+    report = variants["int8"].variant_report
+    assert report is not None and len(report.checks) == 10
+    assert max(check.max_abs_diff for check in report.checks) < 0.2
+    assert min(check.top1_agreement for check in report.checks) >= 0.5
+    assert "same top-1" in report.render()
+    session = LatencyAdjustableSession(variants["int8"].out_dir)
+    reference = LatencyAdjustableSession(variants["fused"].out_dir)
+    for ratio in (1.0, 0.5, 0.1):
+        got = session.predict(TEXTS, keep_ratio=ratio).logits
+        assert got.shape == (3, 3) and np.isfinite(got).all()
+        assert np.max(np.abs(got - reference.predict(TEXTS, keep_ratio=ratio).logits)) < 0.2
+
+
+def test_fp16_halves_the_weights_but_not_the_keep_counts(variants):
+    fp16 = variants["fp16"]
+    assert fp16.metadata.optimizations == ["fusions", "fp16"]
+    proto = onnx.load(str(fp16.out_dir / "model.onnx"))
+    weights = [init for init in proto.graph.initializer if len(init.dims) == 2]
+    assert weights and all(init.data_type == onnx.TensorProto.FLOAT16 for init in weights)
+    inputs = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    assert inputs["keep_ratio"] == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # k = ceil(n * fraction) must follow the profile exactly: the same kept counts as float32
+    reference, taps = session_with_taps(variants["fused"].out_dir)
+    half, _ = session_with_taps(fp16.out_dir)
+    ids = np.random.default_rng(3).integers(5, 100, size=(1, 97))
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    for ratio in (0.93, 0.61, 0.37, 0.17, 0.07):
+        ratio_feed = {**feed, "keep_ratio": np.array(ratio, dtype=np.float32)}
+        widths = [tap.shape[1] for tap in reference.run(taps, ratio_feed)]
+        assert [tap.shape[1] for tap in half.run(taps, ratio_feed)] == widths, ratio
+    report = fp16.variant_report
+    assert report.variant == "fp16" and max(check.max_abs_diff for check in report.checks) < 0.05
+
+
+def test_unknown_or_conflicting_precision_options_are_refused(checkpoints, tmp_path):
+    checkpoint = str(checkpoints[("bert", "text-classification")])
+    with pytest.raises(SettingsError, match="quantize must be one of"):
+        convert(checkpoint, tmp_path / "out", quantize="static")
+    with pytest.raises(SettingsError, match="not both"):
+        convert(checkpoint, tmp_path / "out", quantize="dynamic", fp16=True)
+    assert not (tmp_path / "out").exists()
