@@ -33,7 +33,7 @@ from latexport.bench import bench, plot, render
 from latexport.export import convert
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001)
+RATIOS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001, 0.0001)
 BATCH_RATIOS = (1.0, 0.5, 0.2, 0.1)
 
 

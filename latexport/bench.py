@@ -131,8 +131,8 @@ def bench(
     applied to ``checkpoint`` (default: the checkpoint the model was converted from); ``compare``
     names other latexport directories (an int8 or fused variant) timed at the same ratios.
 
-    Speedups "vs 1.0" are against ``model_dir`` at keep_ratio 1.0, "vs plain" against the
-    fastest baseline.  With ``memory``, each variant's peak memory is then measured in a fresh
+    Speedups "vs 1.0" are against the same file at keep_ratio 1.0 (plain exports: against
+    ``model_dir`` at 1.0), "vs plain" against the fastest baseline.  With ``memory``, each variant's peak memory is then measured in a fresh
     process (``latexport.memory``), after all timing is done.
     """
     providers = choose_providers(provider)
@@ -186,7 +186,9 @@ def bench(
         else {}
     )
     medians = {name: float(np.median(values)) for name, values in times.items()}
-    full = medians.get(f"{main_label} 1")
+    # "vs 1.0" compares each latexport file with itself at keep_ratio 1 (what the FLOPs
+    # estimate predicts); plain exports are compared with the main file at 1.
+    full_of = {label: medians.get(f"{label} 1") for label, *_ in models}
     fastest = min(baseline_names, key=lambda name: medians[name]) if baseline_names else None
     result = BenchResult(
         model_dir=str(model_dir),
@@ -216,7 +218,7 @@ def bench(
                 median_ms=median * 1000,
                 p90_ms=float(np.percentile(values, 90)) * 1000,
                 throughput=batch / median,
-                speedup_vs_full=full / median if full else None,
+                speedup_vs_full=_ratio(full_of.get(variant, full_of[main_label]), median),
                 speedup_vs_baseline=medians[fastest] / median if fastest else None,
                 estimated_speedup=estimated_speedup(metadata.flops, metadata.profile, seq_len, ratio) if ratio else None,
                 peak_mib=memory_figures[name].peak_mib if name in memory_figures else None,
@@ -247,6 +249,10 @@ def render(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def _ratio(reference: Optional[float], median: float) -> Optional[float]:
+    return reference / median if reference else None
+
+
 def _cell(value: Optional[float], spec: str, suffix: str) -> str:
     return "-" if value is None else format(value, spec).strip() + suffix
 
@@ -267,10 +273,10 @@ def plot(result: BenchResult, path: Path, title: Optional[str] = None) -> None:
     for variant in variants:
         rows = [row for row in timed if row.variant == variant]
         axis.plot([row.keep_ratio for row in rows], [row.speedup_vs_full for row in rows], marker="s",
-                  label=f"{variant}, measured vs {variants[0]} at 1.0")
-    if result.fastest_baseline:
-        axis.plot(ratios, [row.speedup_vs_baseline for row in main_rows], marker="^",
-                  label=f"{variants[0]}, measured vs {result.fastest_baseline}")
+                  label=f"{variant}, measured vs itself at 1.0")
+        if result.fastest_baseline:
+            axis.plot([row.keep_ratio for row in rows], [row.speedup_vs_baseline for row in rows], marker="^",
+                      linestyle=":", label=f"{variant}, measured vs {result.fastest_baseline}")
     axis.set_xscale("log")
     axis.set_xlabel("keep_ratio (log scale)")
     axis.set_ylabel("speedup")

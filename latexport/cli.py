@@ -66,7 +66,8 @@ def main(verbose: bool) -> None:
 @click.option("--tokenizer", help="Directory or hub id of the tokenizer, if the checkpoint has none.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--keep-invalid", is_flag=True, help="Keep the file even if validation fails (with a warning).")
-@click.option("--optimize", is_flag=True, help="Apply ONNX Runtime's LayerNorm, GELU and bias fusions (validated like the plain graph).")
+@click.option("--optimize", type=click.Choice(["cpu", "cuda"]), is_flag=False, flag_value="cpu",
+              help="Apply the ONNX Runtime fusions that pay on this target (bare --optimize: cpu); validated like the plain graph.")
 @click.option("--quantize", type=click.Choice(["dynamic"]), help="int8 weight MatMuls (dynamic quantization); token selection stays float32.")
 @click.option("--fp16", is_flag=True, help="float16 weights and activations, for CUDA (keep counts stay float32).")
 def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrite, keep_invalid, optimize, quantize, fp16):

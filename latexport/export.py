@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import onnx_ir as ir
 import torch
@@ -28,6 +28,7 @@ from latexport.metadata import ModelMetadata
 from latexport.families.base import LayerShape
 from latexport.model import ExportWrapper, LatencyAdjustableModel
 from latexport.optimize import (
+    OPTIMIZATION_TARGETS,
     QUANTIZATION_MODES,
     VariantReport,
     compare_variant,
@@ -97,7 +98,11 @@ def describe(
 
 
 def export_onnx(
-    lat: LatencyAdjustableModel, metadata: ModelMetadata, path: Path, fuse_for: Optional[LayerShape] = None
+    lat: LatencyAdjustableModel,
+    metadata: ModelMetadata,
+    path: Path,
+    fuse_for: Optional[LayerShape] = None,
+    fusion_target: str = "cpu",
 ) -> None:
     """Trace with the TorchScript exporter and post-process into ``path``.
 
@@ -143,7 +148,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     if fuse_for is not None:
-        fuse_transformer_ops(traced_path, fuse_for, lat.family.ort_model_type)
+        fuse_transformer_ops(traced_path, fuse_for, fusion_target, lat.family.ort_model_type)
     model = ir.load(str(traced_path))
     hide_outputs(model, metadata.kept_positions_taps)
     set_metadata(model, metadata.to_props())
@@ -165,13 +170,14 @@ def convert(
     keep_invalid: bool = False,
     tokenizer: Optional[str] = None,
     validation_ratios: tuple[float, ...] = DEFAULT_RATIOS,
-    optimize: bool = False,
+    optimize: Union[bool, str, None] = None,
     quantize: Optional[str] = None,
     fp16: bool = False,
 ) -> ConvertResult:
     """Convert ``checkpoint`` into ``out_dir`` (model.onnx + tokenizer + config).
 
-    ``optimize`` fuses LayerNorm/GELU/bias ops; ``quantize="dynamic"`` makes
+    ``optimize`` ("cpu", "cuda"; True means "cpu") fuses the ops that pay on that
+    target; ``quantize="dynamic"`` makes
     the weight MatMuls int8, and ``fp16`` halves the float tensors (for CUDA),
     each after the float32 graph has been validated (see ``latexport.optimize``).  Raises ``ValidationError`` (and writes nothing)
     when the graph does not match its references, unless ``keep_invalid``.
@@ -180,6 +186,9 @@ def convert(
         raise SettingsError(f"quantize must be one of {QUANTIZATION_MODES}, got {quantize!r}")
     if quantize and fp16:
         raise SettingsError("choose int8 quantization or fp16, not both")
+    optimize = "cpu" if optimize is True else (optimize or None)
+    if optimize is not None and optimize not in OPTIMIZATION_TARGETS:
+        raise SettingsError(f"optimize must be one of {OPTIMIZATION_TARGETS}, got {optimize!r}")
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     loaded = load_checkpoint(checkpoint, task=task, tokenizer_source=tokenizer)
@@ -190,7 +199,7 @@ def convert(
     shape = loaded.family.layer_shape(loaded.config)
     variant_report = None
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:
-        export_onnx(lat, metadata, scratch / MODEL_FILE, fuse_for=shape if optimize else None)
+        export_onnx(lat, metadata, scratch / MODEL_FILE, fuse_for=shape if optimize else None, fusion_target=optimize or "cpu")
         loaded.tokenizer.save_pretrained(scratch)
         loaded.config.save_pretrained(scratch)
         report = validate_export(

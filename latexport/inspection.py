@@ -55,6 +55,7 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         f"max length          {metadata.max_length}",
         f"profile             kept fraction after layer l = keep_ratio ** ((l / {profile.num_layers}) ** {profile.power:g})",
         f"default keep_ratio  {metadata.default_keep_ratio:g}",
+        f"graph variant       {' + '.join(metadata.optimizations) or 'float32, unfused'}",
         "",
         f"At keep_ratio {keep_ratio:g} and {seq_len} tokens:",
         f"{'layer':>5} {'entering':>9} {'kept':>6}",

@@ -36,7 +36,7 @@ class ModelMetadata:
     default_keep_ratio: float = 1.0
     tuning: Optional[dict] = None
     source: Optional[str] = None
-    #: Graph variants applied after tracing: "fusions", "int8-dynamic".
+    #: Graph variants applied after tracing: "fusions-cpu", "int8-dynamic", "fp16", ...
     optimizations: list[str] = field(default_factory=list)
 
     def to_props(self) -> dict[str, str]:

@@ -81,7 +81,7 @@ def test_a_full_disk_during_conversion_leaves_nothing_and_says_so(checkpoints, t
     import latexport.export as export
     from latexport.cli import main
 
-    def disk_full(lat, metadata, path, fuse_for=None):
+    def disk_full(lat, metadata, path, **options):
         path.write_bytes(b"half a model")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 

@@ -80,7 +80,7 @@ def test_evaluate_and_tune_commands(model_copy, labelled, tmp_path):
                                   "--batch-size", "8", "--graphs", str(tmp_path / "graphs")])
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output
-    data = json.loads((tmp_path / "graphs" / f"evaluate-model-data.json").read_text())
+    data = json.loads((tmp_path / "graphs" / "evaluate-model-data.json").read_text())
     assert [row["keep_ratio"] for row in data["rows"]] == [1.0, 0.3]
     assert (tmp_path / "graphs" / "evaluate-model-data.png").stat().st_size > 1000
     result = runner.invoke(main, ["tune", str(model_copy), "--data", labelled, "--target-speedup", "500"])

@@ -7,14 +7,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from latexport.checkpoint import load_checkpoint
 from latexport.errors import CheckpointError, OutputExistsError, UnsupportedModelError, ValidationError
 from latexport.export import build_model, convert
 from latexport.passes import with_int64_outputs
 from latexport.validate import pytorch_output, reference_output, validation_inputs
-from tiny import FAMILIES, make_checkpoint
+from tiny import FAMILIES
 
 KEYS = [(family, task) for family in FAMILIES for task in ("text-classification", "feature-extraction")]
 

@@ -1,7 +1,6 @@
 """Property-based tests over random shapes, padding and keep ratios (hypothesis)."""
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
