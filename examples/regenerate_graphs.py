@@ -1,0 +1,31 @@
+"""Regenerate everything in graphs/, one benchmark after the other (about an hour on 2 cores).
+
+    python examples/regenerate_graphs.py
+
+Runs, in order: the fine-tuning benchmark (accuracy against keep_ratio on real
+text), the int8 accuracy check that reuses its checkpoints, and the BERT-base
+speed benchmark.  Run it on an otherwise idle machine: the speed figures are
+measured, and anything else running skews them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCRIPTS = ("finetune_benchmark.py", "int8_accuracy.py", "speed_bert_base.py")
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parent
+    started = time.perf_counter()
+    for script in SCRIPTS:
+        print(f"== {script} ==", flush=True)
+        subprocess.run([sys.executable, str(here / script)], check=True)
+    print(f"graphs/ regenerated in {(time.perf_counter() - started) / 60:.0f} minutes")
+
+
+if __name__ == "__main__":
+    main()
