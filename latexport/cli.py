@@ -138,12 +138,16 @@ def inspect(model_dir, keep_ratio, seq_len):
 @click.option("--repeats", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 @click.option("--mixed-lengths", is_flag=True, help="Pad rows to random 25-100% lengths.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a speedup plot (PNG).")
+@click.option("--graphs", "graphs_dir", default=Path("graphs"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the JSON and the plot (bench-MODEL-bBATCH-sSEQ.json/.png).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON here instead.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write the plot (PNG) here instead.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure each variant's peak memory in a fresh process.")
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Another latexport directory (say, its int8 variant) to time at the same ratios (repeatable).")
-def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths, json_path, plot_path, memory, compare):
-    """Measure MODEL_DIR's latency at each keep ratio, interleaved with an optional plain baseline."""
+def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths,
+          graphs_dir, json_path, plot_path, memory, compare):
+    """Measure MODEL_DIR's latency at each keep ratio, interleaved with optional plain baselines;
+    prints a table and writes JSON and a plot."""
     from latexport import bench as benchmark
     from latexport.atomic import write_text_atomic
 
@@ -155,11 +159,13 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
         compare=tuple(compare),
     )
     click.echo(benchmark.render(result))
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json_path, result.to_json())
-    if plot_path:
-        benchmark.plot(result, plot_path)
+    stem = f"bench-{Path(model_dir).name}-b{batch}-s{seq_len}{'-mixed' if mixed_lengths else ''}"
+    json_path = json_path or graphs_dir / f"{stem}.json"
+    plot_path = plot_path or graphs_dir / f"{stem}.png"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json_path, result.to_json())
+    benchmark.plot(result, plot_path)
+    click.echo(f"wrote {json_path} and {plot_path}")
 
 
 @main.command()

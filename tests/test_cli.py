@@ -46,13 +46,16 @@ def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
     assert plot_path.stat().st_size > 1000
 
 
-def test_bench_with_a_plain_baseline(runner, converted):
+def test_bench_with_a_plain_baseline(runner, converted, tmp_path):
     result = runner.invoke(
         main, ["bench", str(converted[("distilbert", "text-classification")]), "--seq-len", "32", "--keep-ratios", "1",
-               "--repeats", "2", "--baseline", "torch", "--no-memory"],
+               "--repeats", "2", "--baseline", "torch", "--no-memory", "--graphs", str(tmp_path)],
     )
     assert result.exit_code == 0, result.output
     assert "plain (torch)" in result.output
+    data = json.loads((tmp_path / "bench-distilbert-text-classification-b1-s32.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["plain (torch)", "latexport 1"]
+    assert (tmp_path / "bench-distilbert-text-classification-b1-s32.png").stat().st_size > 1000
 
 
 def test_feature_extraction_run(runner, converted):
