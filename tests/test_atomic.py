@@ -51,7 +51,10 @@ def test_a_conversion_killed_midway_leaves_nothing(checkpoints, tmp_path, sig):
     marker = tmp_path / "exporting"
     script = textwrap.dedent(
         f"""
-        import pathlib, time
+        import pathlib, signal, time
+        # As in a terminal: a job started in the background (CI under nohup, `cmd &`)
+        # inherits SIGINT ignored, and Python then keeps ignoring it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import latexport.export as export
         original = export.export_onnx
         def slow_export(*args, **kwargs):
@@ -62,11 +65,13 @@ def test_a_conversion_killed_midway_leaves_nothing(checkpoints, tmp_path, sig):
         export.convert({str(checkpoints[("bert", "text-classification")])!r}, pathlib.Path({str(tmp_path / "out")!r}))
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path.parent / f"{tmp_path.name}-child.log"  # a file, so a full pipe cannot block the child
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not marker.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.1)
-    assert marker.exists(), process.stderr.read().decode()
+    assert marker.exists(), log.read_text()
     process.send_signal(sig)
     process.wait(timeout=30)
     assert process.returncode != 0
