@@ -6,8 +6,8 @@ over the traced graph, with the fusions that pay on the target:
 * ``cpu``: GELU and bias + GELU.  SkipLayerNormalization (residual + bias +
   LayerNorm in one op) is left out: on a 2-core x86 CPU with ONNX Runtime 1.32
   it made BERT-base 5% slower at 512 tokens (351 ms against 330 ms, GELU fusion
-  alone 327 ms), which is also why optimum's O2 export is slower than its plain
-  one there.
+  alone 327 ms); optimum's O2 export, which has it, is slower than optimum's
+  plain export there too.
 * ``cuda``: GELU, bias + GELU and SkipLayerNormalization (unmeasured here).
 
 Attention fusion stays off: a fused Attention op does not hand out its
