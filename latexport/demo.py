@@ -17,6 +17,7 @@ import numpy as np
 from latexport.assets import MINILM, fetch
 from latexport.bench import interleaved
 from latexport.estimate import estimated_speedup
+from latexport.errors import ModelDirectoryError
 from latexport.runtime import LatencyAdjustableSession
 
 DEMO_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.1, 0.03)
@@ -66,6 +67,9 @@ class DemoRow:
 def run_demo(
     out_dir: Path, batch: int = 8, seq_len: int = 256, repeats: int = 10, threads: int = 0, overwrite: bool = False
 ) -> list[DemoRow]:
+    if not overwrite and (out_dir / "model.onnx").exists() and not _usable(out_dir):
+        print(f"{out_dir} holds a model this latexport cannot read (an older version?); converting again")
+        overwrite = True
     if overwrite or not (out_dir / "model.onnx").exists():
         from latexport.export import convert
 
@@ -100,6 +104,14 @@ def run_demo(
         print(f"{row.keep_ratio:>10g} {row.median_ms:>11.1f} {row.speedup:>7.2f}x {row.estimated:>8.2f}x {row.cosine_to_full:>14.4f}")
     print("\n(the pretrained model, not fine-tuned for dropping: cosine shows how much of the embedding survives)")
     return rows
+
+
+def _usable(out_dir: Path) -> bool:
+    try:
+        LatencyAdjustableSession(out_dir)
+        return True
+    except ModelDirectoryError:
+        return False
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from latexport.errors import InvalidInputError, ModelDirectoryError, ProviderError
-from latexport.metadata import ModelMetadata
+from latexport.metadata import PREFIX, ModelMetadata
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -88,6 +88,12 @@ def read_metadata(session: ort.InferenceSession, path: Path) -> ModelMetadata:
     try:
         return ModelMetadata.from_props(props)
     except (KeyError, ValueError, TypeError) as error:
+        written_by = props.get(f"{PREFIX}version")
+        if written_by is not None:
+            raise ModelDirectoryError(
+                f"{path} was written by latexport {written_by} and this version cannot read its metadata "
+                f"({type(error).__name__}: {error}); convert the checkpoint again"
+            ) from error
         raise ModelDirectoryError(f"{path} is not a latexport model (its metadata lacks {error})") from error
 
 

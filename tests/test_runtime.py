@@ -179,6 +179,22 @@ def test_a_plain_onnx_file_is_not_a_latexport_model(tmp_path):
         LatencyAdjustableSession(tmp_path)
 
 
+def test_a_model_from_an_incompatible_version_says_convert_again(bert_classifier, tmp_path):
+    import shutil
+
+    import onnx
+
+    stale = tmp_path / "stale"
+    shutil.copytree(bert_classifier, stale)
+    proto = onnx.load(str(stale / "model.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "latexport.profile":
+            prop.value = '{"name": "geometric", "num_layers": 4}'  # an older profile format
+    onnx.save(proto, str(stale / "model.onnx"))
+    with pytest.raises(ModelDirectoryError, match="written by latexport .* convert the checkpoint again"):
+        LatencyAdjustableSession(stale)
+
+
 def test_one_session_is_safe_across_threads(classifier):
     rng = np.random.default_rng(0)
     calls = [(list(rng.choice(TEXTS, size=int(rng.integers(1, 4)))), float(rng.choice([1.0, 0.7, 0.4, 0.1]))) for _ in range(160)]
