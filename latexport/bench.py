@@ -132,8 +132,9 @@ def bench(
     names other latexport directories (an int8 or fused variant) timed at the same ratios.
 
     Speedups "vs 1.0" are against the same file at keep_ratio 1.0 (plain exports: against
-    ``model_dir`` at 1.0), "vs plain" against the fastest baseline.  With ``memory``, each variant's peak memory is then measured in a fresh
-    process (``latexport.memory``), after all timing is done.
+    ``model_dir`` at 1.0), "vs plain" against the fastest baseline.  With ``memory``, each
+    variant's peak memory is then measured in a fresh process (``latexport.memory``), after
+    all timing is done.
     """
     providers = choose_providers(provider)
     models = []  # (label, path, session, metadata), the main model first
@@ -153,7 +154,8 @@ def bench(
     calls: dict[str, Callable[[], object]] = {}
     # What a fresh process needs to repeat each call (for the memory figures).
     recipes: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}
-    kinds: dict[str, tuple[str, Optional[float]]] = {}  # name -> (variant, keep_ratio)
+    # name -> (variant, keep_ratio, metadata of the latexport file, None for plain exports)
+    kinds: dict[str, tuple[str, Optional[float], Optional[ModelMetadata]]] = {}
     baseline_names = []
     if baselines:
         from latexport.baseline import baseline_path
@@ -170,14 +172,14 @@ def bench(
             baseline_names.append(name)
             calls[name] = lambda s=plain, f=plain_feed: s.run(None, f)
             recipes[name] = (plain_path, plain_feed)
-            kinds[name] = (name, None)
+            kinds[name] = (name, None, None)
     for label, path, session, model_metadata in models:
         for ratio in keep_ratios:
             name = f"{label} {ratio:g}"
             ratio_feed = {**feed, "keep_ratio": np.array(ratio, dtype=np.float32)}
             calls[name] = lambda s=session, f=ratio_feed, o=model_metadata.output_name: s.run([o], f)
             recipes[name] = (path, ratio_feed)
-            kinds[name] = (label, ratio)
+            kinds[name] = (label, ratio, model_metadata)
 
     times = interleaved(calls, repeats, warmup)
     memory_figures = (
@@ -208,7 +210,7 @@ def bench(
         },
     )
     for name, values in times.items():
-        variant, ratio = kinds[name]
+        variant, ratio, model_metadata = kinds[name]
         median = medians[name]
         result.rows.append(
             Measurement(
@@ -220,7 +222,9 @@ def bench(
                 throughput=batch / median,
                 speedup_vs_full=_ratio(full_of.get(variant, full_of[main_label]), median),
                 speedup_vs_baseline=medians[fastest] / median if fastest else None,
-                estimated_speedup=estimated_speedup(metadata.flops, metadata.profile, seq_len, ratio) if ratio else None,
+                estimated_speedup=(
+                    estimated_speedup(model_metadata.flops, model_metadata.profile, seq_len, ratio) if model_metadata else None
+                ),
                 peak_mib=memory_figures[name].peak_mib if name in memory_figures else None,
                 working_mib=memory_figures[name].working_mib if name in memory_figures else None,
             )

@@ -25,7 +25,6 @@ from latexport.errors import SettingsError, ValidationError
 from latexport.estimate import FlopsModel
 from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES
 from latexport.metadata import ModelMetadata
-from latexport.families.base import LayerShape
 from latexport.model import ExportWrapper, LatencyAdjustableModel
 from latexport.optimize import (
     OPTIMIZATION_TARGETS,
@@ -101,12 +100,11 @@ def export_onnx(
     lat: LatencyAdjustableModel,
     metadata: ModelMetadata,
     path: Path,
-    fuse_for: Optional[LayerShape] = None,
-    fusion_target: str = "cpu",
+    fusion_target: Optional[str] = None,
 ) -> None:
     """Trace with the TorchScript exporter and post-process into ``path``.
 
-    With ``fuse_for`` ONNX Runtime's transformer fusions run on the traced
+    With a ``fusion_target`` ONNX Runtime's transformer fusions run on the traced
     graph while the kept-positions taps are still outputs, so that no fusion
     can prune them away before validation reads them.
 
@@ -147,8 +145,8 @@ def export_onnx(
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-    if fuse_for is not None:
-        fuse_transformer_ops(traced_path, fuse_for, fusion_target, lat.family.ort_model_type)
+    if fusion_target is not None:
+        fuse_transformer_ops(traced_path, metadata.flops, fusion_target, lat.family.ort_model_type)
     model = ir.load(str(traced_path))
     hide_outputs(model, metadata.kept_positions_taps)
     set_metadata(model, metadata.to_props())
@@ -176,11 +174,12 @@ def convert(
 ) -> ConvertResult:
     """Convert ``checkpoint`` into ``out_dir`` (model.onnx + tokenizer + config).
 
-    ``optimize`` ("cpu", "cuda"; True means "cpu") fuses the ops that pay on that
-    target; ``quantize="dynamic"`` makes
-    the weight MatMuls int8, and ``fp16`` halves the float tensors (for CUDA),
-    each after the float32 graph has been validated (see ``latexport.optimize``).  Raises ``ValidationError`` (and writes nothing)
-    when the graph does not match its references, unless ``keep_invalid``.
+    ``optimize`` ("cpu" or "cuda"; True means "cpu") fuses the ops that pay on
+    that target; ``quantize="dynamic"`` makes the weight MatMuls int8 and
+    ``fp16`` halves the float tensors (for CUDA), each after the float32 graph
+    has been validated (see ``latexport.optimize``).  Raises
+    ``ValidationError`` (and writes nothing) when the graph does not match its
+    references, unless ``keep_invalid``.
     """
     if quantize is not None and quantize not in QUANTIZATION_MODES:
         raise SettingsError(f"quantize must be one of {QUANTIZATION_MODES}, got {quantize!r}")
@@ -196,10 +195,9 @@ def convert(
     lat = build_model(loaded, power=power, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint
     metadata = describe(loaded, lat, source, describe_variant(optimize, quantize, fp16))
-    shape = loaded.family.layer_shape(loaded.config)
     variant_report = None
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:
-        export_onnx(lat, metadata, scratch / MODEL_FILE, fuse_for=shape if optimize else None, fusion_target=optimize or "cpu")
+        export_onnx(lat, metadata, scratch / MODEL_FILE, fusion_target=optimize)
         loaded.tokenizer.save_pretrained(scratch)
         loaded.config.save_pretrained(scratch)
         report = validate_export(

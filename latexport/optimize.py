@@ -41,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from latexport.families.base import LayerShape
+from latexport.estimate import FlopsModel
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ OPTIMIZATION_TARGETS = ("cpu", "cuda")
 KEEP_RATIO_INPUT = "keep_ratio"
 
 
-def fuse_transformer_ops(path: Path, shape: LayerShape, target: str = "cpu", model_type: str = "bert") -> list[str]:
+def fuse_transformer_ops(path: Path, sizes: FlopsModel, target: str = "cpu", model_type: str = "bert") -> list[str]:
     """Apply the fusions for ``target`` in place; return the fused op types and counts."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -69,8 +69,8 @@ def fuse_transformer_ops(path: Path, shape: LayerShape, target: str = "cpu", mod
         optimized = optimize_model(
             str(path),
             model_type=model_type,
-            num_heads=shape.num_heads,
-            hidden_size=shape.hidden_size,
+            num_heads=sizes.num_heads,
+            hidden_size=sizes.hidden_size,
             optimization_options=options,
             opt_level=0,
         )
