@@ -30,6 +30,16 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise click.BadParameter(f"{option} expects comma-separated whole numbers, got {text!r}") from error
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{option} expects positive numbers, got {text!r}")
+    return values
+
+
 class _LatexportGroup(click.Group):
     def invoke(self, ctx):
         try:
@@ -90,28 +100,61 @@ def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrit
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--keep-ratio", type=float, help="Default: the model's recorded default.")
+@click.option("--target-ms", type=float, help="Instead of a ratio: a latency budget (needs `latexport calibrate` first).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def run(model_dir, texts, keep_ratio, provider):
+def run(model_dir, texts, keep_ratio, target_ms, provider):
     """Run MODEL_DIR on TEXTS at one keep ratio and print the results."""
     from latexport.runtime import LatencyAdjustableSession
 
     session = LatencyAdjustableSession(model_dir, provider=provider)
     start = time.perf_counter()
     if session.metadata.task == "feature-extraction":
+        if target_ms is not None:
+            raise click.UsageError("--target-ms is for classification models")
         embeddings = session.embed(list(texts), keep_ratio=keep_ratio)
         elapsed = time.perf_counter() - start
         for text, vector in zip(texts, embeddings):
             click.echo(f"{_shorten(text)}\t[{', '.join(f'{v:.4f}' for v in vector[:4])}, ...] ({vector.shape[0]} dims)")
+        ratio = keep_ratio if keep_ratio is not None else session.default_keep_ratio
     else:
-        prediction = session.predict(list(texts), keep_ratio=keep_ratio)
+        prediction = session.predict(list(texts), keep_ratio=keep_ratio, target_ms=target_ms)
         elapsed = time.perf_counter() - start
         for index, text in enumerate(texts):
             if prediction.values is not None:
                 click.echo(f"{_shorten(text)}\t{prediction.values[index]:.4f}")
             else:
                 click.echo(f"{_shorten(text)}\t{prediction.labels[index]}\t{prediction.scores[index].max():.3f}")
-    ratio = keep_ratio if keep_ratio is not None else session.default_keep_ratio
-    click.echo(f"keep_ratio {ratio:g}: {elapsed * 1000:.1f} ms for {len(texts)} text(s), tokenisation included", err=True)
+        ratio = prediction.keep_ratio
+    budget = f" (budget {target_ms:g} ms)" if target_ms is not None else ""
+    click.echo(f"keep_ratio {ratio:.3g}: {elapsed * 1000:.1f} ms for {len(texts)} text(s), tokenisation included{budget}", err=True)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,4,16", show_default=True, help="Comma-separated batch sizes to time.")
+@click.option("--seq-lens", help="Comma-separated sequence lengths (default: 16, 32, ... up to the model's maximum, at most 512).")
+@click.option("--keep-ratios", default="1,0.7,0.5,0.3,0.2,0.1,0.05", show_default=True, callback=lambda c, p, v: _ratios(v))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads the service will use (0: all cores).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def calibrate(model_dir, batch_sizes, seq_lens, keep_ratios, repeats, threads, provider):
+    """Measure MODEL_DIR's latency on this machine and store calibration.json beside it,
+    so that `run --target-ms` and `predict(target_ms=...)` can pick a keep ratio for a budget."""
+    from latexport.calibration import calibrate as calibrate_model
+    from latexport.calibration import render
+
+    model = calibrate_model(
+        model_dir,
+        batch_sizes=_integers(batch_sizes, "--batch-sizes"),
+        seq_lens=_integers(seq_lens, "--seq-lens") if seq_lens else None,
+        keep_ratios=keep_ratios,
+        repeats=repeats,
+        provider=provider,
+        intra_op_threads=threads,
+        progress=True,
+    )
+    click.echo(render(model))
+    click.echo(f"wrote {Path(model_dir) / 'calibration.json'}")
 
 
 @main.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ class Prediction:
     labels: Optional[list[str]] = None
     scores: Optional[np.ndarray] = None
     values: Optional[np.ndarray] = None
+    #: The ratio the call ran at (chosen by the budget when ``target_ms`` was given).
+    keep_ratio: Optional[float] = None
+    #: With ``target_ms``: the calibration's predicted latency of the model call.
+    predicted_ms: Optional[float] = None
 
 
 def check_keep_ratio(keep_ratio: KeepRatio, default: float = 1.0) -> np.ndarray:
@@ -138,6 +143,8 @@ class LatencyAdjustableSession:
         self.io_binding = provider == "cuda" if io_binding is None else bool(io_binding)
         self._device = "cuda" if provider == "cuda" else "cpu"
         self._tokenizer = self._load_tokenizer()
+        self._intra_op_threads = intra_op_threads
+        self._latency_model = None
 
     # --- model facts -------------------------------------------------------
     @property
@@ -219,16 +226,57 @@ class LatencyAdjustableSession:
         return binding.copy_outputs_to_cpu()[0]
 
     def predict(
-        self, texts: Union[str, Sequence[str]], keep_ratio: KeepRatio = None, text_pairs: Optional[Sequence[str]] = None
+        self,
+        texts: Union[str, Sequence[str]],
+        keep_ratio: KeepRatio = None,
+        text_pairs: Optional[Sequence[str]] = None,
+        target_ms: Optional[float] = None,
     ) -> Prediction:
+        """Classify a batch at ``keep_ratio``, or at the largest ratio predicted to answer
+        within ``target_ms`` milliseconds (tokenisation included) on this machine.
+
+        A budget needs ``latexport calibrate`` to have been run on this machine;
+        ``keep_ratio`` and ``target_ms`` cannot both be given.
+        """
         if self.metadata.task != "text-classification":
             raise InvalidInputError(f"this model does {self.metadata.task}; use embed() instead of predict()")
-        logits = self.run(self.encode(texts, text_pairs), keep_ratio)
+        started = time.perf_counter()
+        feed = self.encode(texts, text_pairs)
+        predicted_ms = None
+        if target_ms is not None:
+            if keep_ratio is not None:
+                raise InvalidInputError("give keep_ratio or target_ms, not both")
+            keep_ratio, predicted_ms = self.keep_ratio_for_budget(feed, target_ms, spent_ms=(time.perf_counter() - started) * 1000)
+        ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
+        logits = self.run(feed, ratio)
         if self.metadata.problem_type == "regression":
-            return Prediction(logits=logits, values=logits[:, 0])
+            return Prediction(logits=logits, values=logits[:, 0], keep_ratio=ratio, predicted_ms=predicted_ms)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         scores = shifted / shifted.sum(axis=1, keepdims=True)
-        return Prediction(logits=logits, labels=[self.labels[i] for i in logits.argmax(axis=1)], scores=scores)
+        labels = [self.labels[i] for i in logits.argmax(axis=1)]
+        return Prediction(logits=logits, labels=labels, scores=scores, keep_ratio=ratio, predicted_ms=predicted_ms)
+
+    def keep_ratio_for_budget(self, inputs: Mapping[str, np.ndarray], target_ms: float, spent_ms: float = 0.0) -> tuple[float, float]:
+        """The largest keep_ratio predicted to run ``inputs`` within ``target_ms - spent_ms``,
+        and that prediction (``latexport/calibration.py``)."""
+        if isinstance(target_ms, bool) or not isinstance(target_ms, numbers.Real) or not math.isfinite(target_ms) or target_ms <= 0:
+            raise InvalidInputError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
+        mask = np.asarray(inputs["attention_mask"])
+        if mask.ndim != 2 or mask.shape[0] == 0:
+            raise InvalidInputError(f"attention_mask must be 2-D [batch, sequence], got shape {mask.shape}")
+        latency_model = self.latency_model()
+        longest = int(mask.sum(axis=1).max())
+        return latency_model.choose_keep_ratio(mask.shape[0], max(longest, mask.shape[1]), float(target_ms) - spent_ms)
+
+    def latency_model(self):
+        """This machine's calibration (``calibration.json``), loaded and checked once."""
+        if self._latency_model is None:
+            from latexport.calibration import LatencyModel
+
+            latency_model = LatencyModel.load(self.model_dir)
+            latency_model.check_matches(self.metadata, self.provider, self._intra_op_threads)
+            self._latency_model = latency_model
+        return self._latency_model
 
     def embed(self, texts: Union[str, Sequence[str]], keep_ratio: KeepRatio = None, normalize: bool = False) -> np.ndarray:
         if self.metadata.task != "feature-extraction":
@@ -240,41 +288,46 @@ class LatencyAdjustableSession:
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Names, dtypes, shapes and values of tokenised inputs, with messages that name the culprit."""
-        expected = [name for name in self.metadata.input_names if name != "keep_ratio"]
-        missing = [name for name in expected if name not in inputs]
-        unknown = [name for name in inputs if name not in expected and name != "keep_ratio"]
-        if missing or unknown:
-            raise InvalidInputError(f"inputs must be {expected}; missing {missing}, unexpected {unknown}")
-        feed = {}
-        shape = None
-        for name in expected:
-            array = np.asarray(inputs[name])
-            if not np.issubdtype(array.dtype, np.integer):
-                raise InvalidInputError(f"{name} must hold integers (int64), got dtype {array.dtype}")
-            if array.ndim != 2:
-                raise InvalidInputError(f"{name} must be 2-D [batch, sequence], got shape {array.shape}")
-            if shape is None:
-                shape = array.shape
-            elif array.shape != shape:
-                raise InvalidInputError(f"{name} has shape {array.shape} but {expected[0]} has {shape}")
-            feed[name] = array.astype(np.int64, copy=False)
-        batch, width = shape
-        if batch == 0:
-            raise InvalidInputError("the batch is empty")
-        if width == 0:
-            raise InvalidInputError("the sequences are empty (sequence length 0)")
-        if width > self.max_length:
-            raise InvalidInputError(f"sequence length {width} exceeds the model's maximum of {self.max_length}")
-        mask = feed["attention_mask"]
-        if not np.isin(mask, (0, 1)).all():
-            raise InvalidInputError("attention_mask must hold only 0 and 1")
-        empty_rows = np.nonzero(mask.sum(axis=1) == 0)[0]
-        if empty_rows.size:
-            raise InvalidInputError(f"rows {empty_rows.tolist()} of attention_mask are all padding")
-        ids = feed["input_ids"]
-        if ids.min() < 0 or ids.max() >= self.metadata.vocab_size:
-            raise InvalidInputError(f"input_ids must lie in [0, {self.metadata.vocab_size}), got [{ids.min()}, {ids.max()}]")
-        return feed
+        return check_token_inputs(self.metadata, inputs)
+
+
+def check_token_inputs(metadata: ModelMetadata, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Names, dtypes, shapes and values of tokenised inputs, with messages that name the culprit."""
+    expected = [name for name in metadata.input_names if name != "keep_ratio"]
+    missing = [name for name in expected if name not in inputs]
+    unknown = [name for name in inputs if name not in expected and name != "keep_ratio"]
+    if missing or unknown:
+        raise InvalidInputError(f"inputs must be {expected}; missing {missing}, unexpected {unknown}")
+    feed = {}
+    shape = None
+    for name in expected:
+        array = np.asarray(inputs[name])
+        if not np.issubdtype(array.dtype, np.integer):
+            raise InvalidInputError(f"{name} must hold integers (int64), got dtype {array.dtype}")
+        if array.ndim != 2:
+            raise InvalidInputError(f"{name} must be 2-D [batch, sequence], got shape {array.shape}")
+        if shape is None:
+            shape = array.shape
+        elif array.shape != shape:
+            raise InvalidInputError(f"{name} has shape {array.shape} but {expected[0]} has {shape}")
+        feed[name] = array.astype(np.int64, copy=False)
+    batch, width = shape
+    if batch == 0:
+        raise InvalidInputError("the batch is empty")
+    if width == 0:
+        raise InvalidInputError("the sequences are empty (sequence length 0)")
+    if width > metadata.max_length:
+        raise InvalidInputError(f"sequence length {width} exceeds the model's maximum of {metadata.max_length}")
+    mask = feed["attention_mask"]
+    if not np.isin(mask, (0, 1)).all():
+        raise InvalidInputError("attention_mask must hold only 0 and 1")
+    empty_rows = np.nonzero(mask.sum(axis=1) == 0)[0]
+    if empty_rows.size:
+        raise InvalidInputError(f"rows {empty_rows.tolist()} of attention_mask are all padding")
+    ids = feed["input_ids"]
+    if ids.min() < 0 or ids.max() >= metadata.vocab_size:
+        raise InvalidInputError(f"input_ids must lie in [0, {metadata.vocab_size}), got [{ids.min()}, {ids.max()}]")
+    return feed
 
 
 def _check_texts(texts: Union[str, Sequence[str]], name: str) -> list[str]:

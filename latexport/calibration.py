@@ -1,0 +1,291 @@
+"""Latency budgets: from "answer within 20 ms" to a keep_ratio, per machine.
+
+``latexport calibrate OUT_DIR`` times the model on this machine over a grid of
+batch sizes, sequence lengths and keep ratios, and fits
+
+    latency_ms = overhead_ms + token_ms * (batch * width)
+               + linear_gflop_ms * linear GFLOPs + quadratic_gflop_ms * quadratic GFLOPs
+
+where the GFLOPs come from the same FLOPs model as ``inspect`` (the widest row
+of each layer, times the batch, as the padded graph computes it), split into
+weight products and token-by-token products (attention scores, mixing, ACC),
+which cost more per multiply-accumulate: on MiniLM with one FLOPs term the fit
+missed 512-token calls by up to 27%.  The coefficients are non-negative, so
+predicted latency never grows as keep_ratio falls.  The fit is stored as ``calibration.json`` beside ``model.onnx``.
+
+``LatencyAdjustableSession.predict(texts, target_ms=...)`` then bisects for the
+largest keep_ratio whose predicted latency fits what is left of the budget after
+tokenisation.  Numpy-only (no torch): it runs inside production services.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from latexport.atomic import write_text_atomic
+from latexport.errors import InvalidInputError, ModelDirectoryError
+from latexport.estimate import FlopsModel
+from latexport.metadata import ModelMetadata
+from latexport.profile import EliminationProfile
+
+CALIBRATION_FILE = "calibration.json"
+FEATURES = ("overhead_ms", "token_ms", "linear_gflop_ms", "quadratic_gflop_ms")
+DEFAULT_BATCH_SIZES = (1, 4, 16)
+DEFAULT_KEEP_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)
+#: Below this ratio latexport's fine-tuning does not train (its --min-keep-ratio
+#: default), so a budget never pushes the model further down.
+DEFAULT_MIN_KEEP_RATIO = 0.05
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration was measured under different conditions than this session."""
+
+
+def machine_fingerprint() -> dict:
+    """What a latency measurement depends on besides the model: the CPU and its count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "system": platform.system()}
+
+
+def batch_gflops(flops: FlopsModel, profile: EliminationProfile, longest: int, batch: int, keep_ratio: float) -> tuple[float, float]:
+    """(linear, quadratic) multiply-accumulates, in billions, of a padded batch whose
+    longest row has ``longest`` tokens.
+
+    Kept counts grow with a row's length, so the longest row sets every layer's
+    padded width; all rows are padded to it.
+    """
+    kept = profile.kept_counts(longest, keep_ratio)
+    entering = [longest] + kept[:-1]
+    linear = quadratic = 0.0
+    for n_in, n_out in zip(entering, kept):
+        layer_linear, layer_quadratic = flops.layer_cost_parts(n_in, n_out, n_out < n_in)
+        linear += layer_linear
+        quadratic += layer_quadratic
+    return batch * linear / 1e9, batch * quadratic / 1e9
+
+
+@dataclass
+class LatencyModel:
+    """A fitted per-machine latency predictor for one model file (module doc)."""
+
+    coefficients: dict[str, float]
+    flops: FlopsModel
+    profile: EliminationProfile
+    provider: str
+    intra_op_threads: int
+    machine: dict
+    onnxruntime_version: str
+    #: Median and worst relative error of the fit on its own measurements.
+    fit_error: dict[str, float] = field(default_factory=dict)
+    measurements: list[dict] = field(default_factory=list)
+    measured_at: str = ""
+
+    # --- prediction ------------------------------------------------------------
+    def predict_ms(self, batch: int, longest: int, keep_ratio: float) -> float:
+        features = self.features(self.flops, self.profile, batch, longest, keep_ratio)
+        return float(sum(self.coefficients[name] * value for name, value in zip(FEATURES, features)))
+
+    def choose_keep_ratio(
+        self, batch: int, longest: int, budget_ms: float, min_keep_ratio: float = DEFAULT_MIN_KEEP_RATIO
+    ) -> tuple[float, float]:
+        """Largest keep_ratio in [min_keep_ratio, 1] predicted to fit ``budget_ms``, and its prediction.
+
+        When even ``min_keep_ratio`` is predicted to miss, that ratio is returned
+        (the fastest the model is allowed to go); the caller sees the prediction.
+        """
+        if self.predict_ms(batch, longest, 1.0) <= budget_ms:
+            return 1.0, self.predict_ms(batch, longest, 1.0)
+        low = min_keep_ratio
+        if self.predict_ms(batch, longest, low) > budget_ms:
+            return low, self.predict_ms(batch, longest, low)
+        high = 1.0
+        # Kept counts are integers, so the latency is a step function of the
+        # ratio: 20 halvings reach steps far finer than one token.
+        for _ in range(20):
+            middle = (low + high) / 2
+            if self.predict_ms(batch, longest, middle) <= budget_ms:
+                low = middle
+            else:
+                high = middle
+        return low, self.predict_ms(batch, longest, low)
+
+    # --- fitting ---------------------------------------------------------------
+    @staticmethod
+    def features(flops: FlopsModel, profile: EliminationProfile, batch: int, longest: int, keep_ratio: float) -> list[float]:
+        return [1.0, float(batch * longest), *batch_gflops(flops, profile, longest, batch, keep_ratio)]
+
+    @classmethod
+    def fit(cls, metadata: ModelMetadata, measurements: list[dict], **facts) -> "LatencyModel":
+        """Non-negative least squares on relative error (each row divided by its latency),
+        so a 2 ms call counts as much as a 200 ms one."""
+        design = np.array(
+            [cls.features(metadata.flops, metadata.profile, m["batch"], m["seq_len"], m["keep_ratio"]) for m in measurements]
+        )
+        observed = np.array([m["median_ms"] for m in measurements])
+        weights = 1.0 / observed
+        active = list(range(design.shape[1]))
+        solution = np.zeros(design.shape[1])
+        # Four features: drop the most negative coefficient and refit until none is negative.
+        while active:
+            fitted, *_ = np.linalg.lstsq(design[:, active] * weights[:, None], observed * weights, rcond=None)
+            if (fitted >= 0).all():
+                solution[:] = 0.0
+                solution[active] = fitted
+                break
+            del active[int(np.argmin(fitted))]
+        predicted = design @ solution
+        relative = np.abs(predicted - observed) / observed
+        return cls(
+            coefficients={name: float(value) for name, value in zip(FEATURES, solution)},
+            flops=metadata.flops,
+            profile=metadata.profile,
+            fit_error={"median": float(np.median(relative)), "max": float(relative.max())},
+            measurements=[dict(m, predicted_ms=float(p)) for m, p in zip(measurements, predicted)],
+            **facts,
+        )
+
+    # --- storage ---------------------------------------------------------------
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / CALIBRATION_FILE
+        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "LatencyModel":
+        path = Path(model_dir) / CALIBRATION_FILE
+        if not path.is_file():
+            raise ModelDirectoryError(
+                f"{path} does not exist; a latency budget needs this machine's calibration: run `latexport calibrate {model_dir}`"
+            )
+        try:
+            fields = json.loads(path.read_text(encoding="utf-8"))
+            fields["flops"] = FlopsModel(**fields["flops"])
+            fields["profile"] = EliminationProfile(**fields["profile"])
+            model = cls(**fields)
+            missing = [name for name in FEATURES if name not in model.coefficients]
+            if missing:
+                raise KeyError(missing)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelDirectoryError(f"{path} is not a readable calibration ({type(error).__name__}: {error}); calibrate again") from error
+        return model
+
+    def check_matches(self, metadata: ModelMetadata, provider: str, intra_op_threads: int) -> None:
+        """Refuse a calibration of another model; warn when the machine or threads differ."""
+        if self.flops != metadata.flops or self.profile != metadata.profile:
+            raise ModelDirectoryError("calibration.json was measured for a different model file; run `latexport calibrate` again")
+        if self.provider != provider:
+            raise InvalidInputError(
+                f"the calibration was measured with provider {self.provider!r} but this session uses {provider!r}; "
+                "calibrate with the same provider"
+            )
+        here = machine_fingerprint()
+        if here != self.machine or intra_op_threads != self.intra_op_threads:
+            warnings.warn(
+                f"calibration.json was measured on {self.machine} with {self.intra_op_threads} threads; this session runs on "
+                f"{here} with {intra_op_threads}: budgets may be missed until `latexport calibrate` is run here",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+
+
+def default_seq_lens(max_length: int) -> tuple[int, ...]:
+    """Powers of two from 16 up to the model's maximum (at most 512), plus the maximum itself if smaller."""
+    top = min(max_length, 512)
+    lengths = [length for length in (16, 32, 64, 128, 256, 512) if length <= top]
+    if not lengths or lengths[-1] != top:
+        lengths.append(top)
+    return tuple(lengths)
+
+
+def calibrate(
+    model_dir: Path,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    seq_lens: Optional[Sequence[int]] = None,
+    keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS,
+    repeats: int = 5,
+    warmup: int = 2,
+    provider: str = "cpu",
+    intra_op_threads: int = 0,
+    progress: bool = False,
+) -> LatencyModel:
+    """Time the model over the grid on this machine, fit, and store calibration.json.
+
+    The calls are interleaved in shuffled rounds (``bench.interleaved``) so a
+    slow phase of the machine spreads over every grid point.  Each call goes
+    through the runtime session exactly as ``predict`` makes it.
+    """
+    from latexport.bench import interleaved, make_feed
+    from latexport.runtime import LatencyAdjustableSession
+
+    import onnxruntime as ort
+
+    if repeats < 1 or warmup < 0:
+        raise InvalidInputError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise InvalidInputError(f"batch sizes must be positive, got {list(batch_sizes)}")
+    if not keep_ratios or any(not (0.0 < r <= 1.0) for r in keep_ratios):
+        raise InvalidInputError(f"keep ratios must lie in (0, 1], got {list(keep_ratios)}")
+    session = LatencyAdjustableSession(model_dir, provider=provider, intra_op_threads=intra_op_threads)
+    metadata = session.metadata
+    seq_lens = tuple(seq_lens) if seq_lens else default_seq_lens(metadata.max_length)
+    if min(seq_lens) < 1 or max(seq_lens) > metadata.max_length:
+        raise InvalidInputError(f"sequence lengths must lie in [1, {metadata.max_length}], got {list(seq_lens)}")
+
+    measurements = []
+    shapes = [(batch, seq_len) for batch in batch_sizes for seq_len in seq_lens]
+    iterator = shapes
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(shapes, desc="calibrating", unit="shape")
+    for batch, seq_len in iterator:
+        feed = make_feed(metadata, batch, seq_len, mixed_lengths=False)
+        calls = {ratio: (lambda ratio=ratio: session.run(feed, keep_ratio=ratio)) for ratio in keep_ratios}
+        times = interleaved(calls, repeats=repeats, warmup=warmup)
+        for ratio, seconds in times.items():
+            measurements.append(
+                {"batch": batch, "seq_len": seq_len, "keep_ratio": ratio, "median_ms": float(np.median(seconds) * 1000)}
+            )
+    model = LatencyModel.fit(
+        metadata,
+        measurements,
+        provider=provider,
+        intra_op_threads=intra_op_threads,
+        machine=machine_fingerprint(),
+        onnxruntime_version=ort.__version__,
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    model.save(Path(model_dir))
+    return model
+
+
+def render(model: LatencyModel) -> str:
+    """The fit as a table: each grid point measured against predicted."""
+    c = model.coefficients
+    lines = [
+        f"latency_ms = {c['overhead_ms']:.3f} + {c['token_ms'] * 1000:.3f}e-3 * tokens"
+        f" + {c['linear_gflop_ms']:.3f} * linear GFLOPs + {c['quadratic_gflop_ms']:.3f} * quadratic GFLOPs",
+        f"fit error on the grid: median {model.fit_error['median']:.1%}, worst {model.fit_error['max']:.1%}",
+        "",
+        f"{'batch':>5} {'seq':>5} {'keep':>6} {'measured ms':>12} {'predicted ms':>13}",
+    ]
+    for m in model.measurements:
+        lines.append(f"{m['batch']:>5} {m['seq_len']:>5} {m['keep_ratio']:>6.2f} {m['median_ms']:>12.2f} {m['predicted_ms']:>13.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""Latency budgets: the fit, the choice of keep ratio, calibrate's file and predict(target_ms)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from latexport.calibration import CALIBRATION_FILE, CalibrationWarning, LatencyModel, batch_gflops, calibrate
+from latexport.cli import main
+from latexport.errors import InvalidInputError, ModelDirectoryError
+from latexport.runtime import LatencyAdjustableSession
+
+TEXTS = ["the film was very good and the music was great", "a dull , slow story"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(bert_classifier, tmp_path_factory):
+    """A copy of the tiny classifier with a quick calibration (the shared fixture stays uncalibrated)."""
+    model_dir = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(bert_classifier, model_dir)
+    calibrate(model_dir, batch_sizes=(1, 4), seq_lens=(16, 64), keep_ratios=(1.0, 0.5, 0.1), repeats=3, warmup=1,
+              intra_op_threads=1)
+    return model_dir
+
+
+def synthetic_model(metadata, coefficients: dict) -> LatencyModel:
+    """A latency model fitted to measurements generated from known coefficients."""
+    measurements = []
+    for batch in (1, 4, 16):
+        for seq_len in (16, 64, 128):
+            for ratio in (1.0, 0.5, 0.2, 0.05):
+                features = LatencyModel.features(metadata.flops, metadata.profile, batch, seq_len, ratio)
+                latency = sum(coefficients[name] * value for name, value in zip(coefficients, features))
+                measurements.append({"batch": batch, "seq_len": seq_len, "keep_ratio": ratio, "median_ms": latency})
+    return LatencyModel.fit(metadata, measurements, provider="cpu", intra_op_threads=1, machine={}, onnxruntime_version="")
+
+
+@pytest.fixture(scope="module")
+def metadata(bert_classifier):
+    return LatencyAdjustableSession(bert_classifier).metadata
+
+
+def test_the_fit_recovers_known_coefficients(metadata):
+    truth = {"overhead_ms": 2.0, "token_ms": 0.01, "linear_gflop_ms": 30.0, "quadratic_gflop_ms": 90.0}
+    model = synthetic_model(metadata, truth)
+    for name, value in truth.items():
+        assert model.coefficients[name] == pytest.approx(value, rel=1e-6)
+    assert model.fit_error["max"] < 1e-9
+
+
+def test_the_fit_never_goes_negative(metadata):
+    # Latency that *falls* with tokens cannot be fitted with a negative slope: it is clamped to 0.
+    truth = {"overhead_ms": 5.0, "token_ms": -0.01, "linear_gflop_ms": 30.0, "quadratic_gflop_ms": 0.0}
+    model = synthetic_model(metadata, truth)
+    assert all(value >= 0 for value in model.coefficients.values())
+    assert model.coefficients["token_ms"] == 0.0
+
+
+def test_quadratic_work_shrinks_with_the_ratio(metadata):
+    full = batch_gflops(metadata.flops, metadata.profile, 64, 2, 1.0)
+    pruned = batch_gflops(metadata.flops, metadata.profile, 64, 2, 0.1)
+    assert pruned[0] < full[0] and pruned[1] < full[1]
+    assert batch_gflops(metadata.flops, metadata.profile, 64, 4, 0.5)[0] == pytest.approx(
+        2 * batch_gflops(metadata.flops, metadata.profile, 64, 2, 0.5)[0])
+
+
+def test_the_chosen_ratio_is_the_largest_that_fits(metadata):
+    model = synthetic_model(metadata, {"overhead_ms": 1.0, "token_ms": 0.0, "linear_gflop_ms": 50.0, "quadratic_gflop_ms": 100.0})
+    full = model.predict_ms(4, 128, 1.0)
+    floor = model.predict_ms(4, 128, 0.05)
+    assert model.choose_keep_ratio(4, 128, full * 2) == (1.0, full)
+    assert model.choose_keep_ratio(4, 128, floor / 2) == (0.05, floor)  # cannot fit: the fastest allowed
+    previous = 0.0
+    for budget in np.linspace(floor, full, 9)[1:-1]:
+        ratio, predicted = model.choose_keep_ratio(4, 128, budget)
+        assert predicted <= budget
+        assert model.predict_ms(4, 128, min(ratio + 0.01, 1.0)) > budget or ratio > 0.99
+        assert ratio >= previous  # a larger budget never buys a smaller ratio
+        previous = ratio
+
+
+def test_calibrate_writes_a_loadable_fit(calibrated):
+    stored = json.loads((calibrated / CALIBRATION_FILE).read_text())
+    assert len(stored["measurements"]) == 2 * 2 * 3
+    assert all(m["median_ms"] > 0 for m in stored["measurements"])
+    model = LatencyModel.load(calibrated)
+    assert model.intra_op_threads == 1 and model.provider == "cpu"
+    assert model.predict_ms(4, 64, 1.0) >= model.predict_ms(4, 64, 0.1)
+
+
+def test_predict_with_a_budget(calibrated):
+    session = LatencyAdjustableSession(calibrated, intra_op_threads=1)
+    generous = session.predict(TEXTS, target_ms=10_000)
+    assert generous.keep_ratio == 1.0 and generous.predicted_ms < 10_000
+    np.testing.assert_allclose(generous.logits, session.predict(TEXTS, keep_ratio=1.0).logits, atol=1e-6)
+    impossible = session.predict(TEXTS, target_ms=1e-3)
+    assert impossible.keep_ratio == pytest.approx(0.05)
+    np.testing.assert_allclose(impossible.logits, session.predict(TEXTS, keep_ratio=0.05).logits, atol=1e-6)
+    assert session.predict(TEXTS, keep_ratio=0.5).keep_ratio == 0.5
+
+
+@pytest.mark.parametrize("target", [0, -5, float("nan"), float("inf"), "10", True])
+def test_bad_budgets_are_refused(calibrated, target):
+    session = LatencyAdjustableSession(calibrated, intra_op_threads=1)
+    with pytest.raises(InvalidInputError, match="target_ms"):
+        session.predict(TEXTS, target_ms=target)
+
+
+def test_ratio_and_budget_together_are_refused(calibrated):
+    with pytest.raises(InvalidInputError, match="not both"):
+        LatencyAdjustableSession(calibrated, intra_op_threads=1).predict(TEXTS, keep_ratio=0.5, target_ms=10)
+
+
+def test_a_budget_without_calibration_says_how_to_get_one(bert_classifier):
+    with pytest.raises(ModelDirectoryError, match="latexport calibrate"):
+        LatencyAdjustableSession(bert_classifier).predict(TEXTS, target_ms=10)
+
+
+def test_a_corrupt_or_foreign_calibration_is_refused(calibrated, converted, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(calibrated, broken)
+    (broken / CALIBRATION_FILE).write_text("{not json")
+    with pytest.raises(ModelDirectoryError, match="calibrate again"):
+        LatencyAdjustableSession(broken, intra_op_threads=1).predict(TEXTS, target_ms=10)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(converted[("distilbert", "text-classification")], foreign)
+    stored = json.loads((calibrated / CALIBRATION_FILE).read_text())
+    stored["flops"]["hidden_size"] += 1  # measured for a different model shape
+    (foreign / CALIBRATION_FILE).write_text(json.dumps(stored))
+    with pytest.raises(ModelDirectoryError, match="different model"):
+        LatencyAdjustableSession(foreign, intra_op_threads=1).predict(TEXTS, target_ms=10)
+
+
+def test_other_threads_or_provider_are_flagged(calibrated):
+    with pytest.warns(CalibrationWarning, match="threads"):
+        LatencyAdjustableSession(calibrated, intra_op_threads=2).predict(TEXTS, target_ms=10)
+    model = LatencyModel.load(calibrated)
+    session = LatencyAdjustableSession(calibrated, intra_op_threads=1)
+    with pytest.raises(InvalidInputError, match="provider"):
+        model.check_matches(session.metadata, "cuda", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.check_matches(session.metadata, "cpu", 1)
+
+
+def test_calibrate_and_run_commands(bert_classifier, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(bert_classifier, model_dir)
+    runner = CliRunner()
+    result = runner.invoke(main, ["calibrate", str(model_dir), "--batch-sizes", "1,2", "--seq-lens", "8,32",
+                                  "--keep-ratios", "1,0.3", "--repeats", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "fit error" in result.output and (model_dir / CALIBRATION_FILE).is_file()
+    result = runner.invoke(main, ["run", str(model_dir), "--target-ms", "10000", TEXTS[0]])
+    assert result.exit_code == 0, result.output
+    assert "keep_ratio 1: " in result.output and "budget 10000 ms" in result.output
+    result = runner.invoke(main, ["calibrate", str(model_dir), "--batch-sizes", "0"])
+    assert result.exit_code == 2 and "positive" in result.output
+    result = runner.invoke(main, ["calibrate", str(model_dir), "--seq-lens", "4096"])
+    assert result.exit_code == 2 and "sequence lengths" in result.output
