@@ -1,0 +1,109 @@
+"""latexport models as optimum ORTModels and inside transformers' pipeline."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline as transformers_pipeline
+
+from latexport.errors import InvalidInputError, ModelDirectoryError
+from latexport.ortmodel import LatexportModelForSequenceClassification, LatexportTextClassificationPipeline, pipeline
+from latexport.runtime import LatencyAdjustableSession
+
+TEXTS = ["the film was very good and the music was great , one of the best", "a dull , slow story with a bad ending"]
+
+
+@pytest.fixture(scope="module")
+def model(bert_classifier):
+    return LatexportModelForSequenceClassification.from_pretrained(bert_classifier)
+
+
+def test_forward_matches_the_runtime_at_every_ratio(model, bert_classifier):
+    session = LatencyAdjustableSession(bert_classifier)
+    feed = session.encode(TEXTS)
+    torch_inputs = {name: torch.from_numpy(array) for name, array in feed.items()}
+    for ratio in (1.0, 0.5, 0.1):
+        expected = session.run(feed, keep_ratio=ratio)
+        from_torch = model(**torch_inputs, keep_ratio=ratio).logits
+        assert isinstance(from_torch, torch.Tensor)
+        np.testing.assert_allclose(from_torch.numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(model(**feed, keep_ratio=ratio).logits, expected, atol=1e-6)
+    # The ratio is really applied: the tiny model's logits move between 1.0 and 0.1.
+    assert np.abs(session.run(feed, keep_ratio=1.0) - session.run(feed, keep_ratio=0.1)).max() > 1e-3
+
+
+def test_default_ratio_then_attribute_then_call(bert_classifier, tmp_path):
+    import onnx
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(bert_classifier, tuned)
+    proto = onnx.load(tuned / "model.onnx")
+    for prop in proto.metadata_props:
+        if prop.key == "latexport.default_keep_ratio":
+            prop.value = "0.25"
+    onnx.save(proto, tuned / "model.onnx")
+    session = LatencyAdjustableSession(tuned)
+    feed = session.encode(TEXTS)
+    model = LatexportModelForSequenceClassification.from_pretrained(tuned)
+    assert model.default_keep_ratio == 0.25
+    np.testing.assert_allclose(model(**feed).logits, session.run(feed, keep_ratio=0.25), atol=1e-6)
+    model.keep_ratio = 0.6
+    np.testing.assert_allclose(model(**feed).logits, session.run(feed, keep_ratio=0.6), atol=1e-6)
+    np.testing.assert_allclose(model(**feed, keep_ratio=0.9).logits, session.run(feed, keep_ratio=0.9), atol=1e-6)
+
+
+def test_inside_transformers_pipeline(model, bert_classifier):
+    session = LatencyAdjustableSession(bert_classifier)
+    stock = transformers_pipeline("text-classification", model=model, tokenizer=model.tokenizer)
+    assert [answer["label"] for answer in stock(TEXTS)] == session.predict(TEXTS, keep_ratio=1.0).labels
+    classifier = transformers_pipeline("text-classification", model=model, tokenizer=model.tokenizer,
+                                       pipeline_class=LatexportTextClassificationPipeline)
+    for ratio in (1.0, 0.3):
+        answers = classifier(TEXTS, keep_ratio=ratio)
+        # The pipeline runs one text at a time (no padding), so compare text by text.
+        for text, answer in zip(TEXTS, answers):
+            expected = session.predict([text], keep_ratio=ratio)
+            assert answer["label"] == expected.labels[0]
+            assert answer["score"] == pytest.approx(float(expected.scores[0].max()), abs=1e-5)
+    with pytest.raises(InvalidInputError, match="keep_ratio"):
+        classifier(TEXTS, keep_ratio=1.5)
+
+
+def test_pipeline_helper_and_a_model_without_token_type_ids(converted):
+    roberta = converted[("roberta", "text-classification")]
+    classifier = pipeline(roberta)
+    session = LatencyAdjustableSession(roberta)
+    answer = classifier(TEXTS[0], keep_ratio=0.2, top_k=None)
+    expected = session.predict([TEXTS[0]], keep_ratio=0.2)
+    scores = {item["label"]: item["score"] for item in answer}
+    for label, score in zip(session.labels, expected.scores[0]):
+        assert scores[label] == pytest.approx(float(score), abs=1e-5)
+
+
+def test_bad_inputs_are_named(model, bert_classifier):
+    feed = LatencyAdjustableSession(bert_classifier).encode(TEXTS)
+    with pytest.raises(InvalidInputError, match="keep_ratio"):
+        model(**feed, keep_ratio=0.0)
+    with pytest.raises(InvalidInputError, match="input_ids must lie"):
+        model(**{**feed, "input_ids": feed["input_ids"] + 10_000})
+    with pytest.raises(InvalidInputError, match="all padding"):
+        model(**{**feed, "attention_mask": np.zeros_like(feed["attention_mask"])})
+    with pytest.raises(InvalidInputError, match="required"):
+        model(input_ids=feed["input_ids"])
+
+
+def test_other_directories_are_refused(converted, tmp_path):
+    with pytest.raises(ModelDirectoryError, match="feature-extraction"):
+        LatexportModelForSequenceClassification.from_pretrained(converted[("bert", "feature-extraction")])
+    plain = tmp_path / "plain"
+    shutil.copytree(converted[("bert", "text-classification")], plain)
+    import onnx
+
+    proto = onnx.load(plain / "model.onnx")
+    del proto.metadata_props[:]
+    onnx.save(proto, plain / "model.onnx")
+    with pytest.raises(ModelDirectoryError, match="not a latexport model"):
+        LatexportModelForSequenceClassification.from_pretrained(plain)
