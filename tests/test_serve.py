@@ -1,0 +1,149 @@
+"""examples/serve: the service object, then the FastAPI app live on loopback under a bounded load."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from latexport.calibration import calibrate
+from latexport.errors import InvalidInputError
+from latexport.runtime import LatencyAdjustableSession
+
+SERVE_DIR = Path(__file__).resolve().parent.parent / "examples" / "serve"
+sys.path.insert(0, str(SERVE_DIR))
+
+from loadtest import default_payloads, run_load  # noqa: E402
+from service import ClassificationService  # noqa: E402
+
+TEXTS = ["the film was very good and the music was great", "a dull , slow story with a bad ending"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(bert_classifier, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("serve") / "model"
+    shutil.copytree(bert_classifier, model_dir)
+    calibrate(model_dir, batch_sizes=(1, 4), seq_lens=(16, 64), keep_ratios=(1.0, 0.5, 0.1), repeats=3, warmup=1,
+              intra_op_threads=1)
+    return model_dir
+
+
+def test_service_answers_like_the_runtime_and_counts(calibrated):
+    service = ClassificationService(calibrated, intra_op_threads=1)
+    session = LatencyAdjustableSession(calibrated)
+    for ratio in (1.0, 0.3):
+        answer = service.classify(TEXTS, keep_ratio=ratio)
+        expected = session.predict(TEXTS, keep_ratio=ratio)
+        assert answer["labels"] == expected.labels and answer["keep_ratio"] == ratio
+        np.testing.assert_allclose(answer["scores"], expected.scores.max(axis=1), atol=1e-5)
+    budgeted = service.classify(TEXTS, target_ms=10_000)
+    assert budgeted["keep_ratio"] == 1.0 and budgeted["target_ms"] == 10_000 and "predicted_ms" in budgeted
+    with pytest.raises(InvalidInputError):
+        service.classify([], keep_ratio=0.5)
+    with pytest.raises(InvalidInputError, match="at most"):
+        service.classify(["x"] * 65)
+    with pytest.raises(InvalidInputError, match="target_ms"):
+        service.classify(TEXTS, target_ms=-1)
+    metrics = service.metrics.snapshot()
+    assert metrics["requests"] == 6 and metrics["succeeded"] == 3 and metrics["errors"]["invalid"] == 3
+    assert metrics["texts"] == 6 and metrics["budget_requests"] == 1
+    assert metrics["latency_ms"]["p50"] > 0
+
+
+def test_budgets_need_a_calibration(bert_classifier):
+    service = ClassificationService(bert_classifier)
+    assert service.health()["latency_budgets"] is False
+    with pytest.raises(InvalidInputError, match="latexport calibrate"):
+        service.classify(TEXTS, target_ms=50)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(calibrated, tmp_path_factory):
+    """examples/serve/app.py in its own process, as a user starts it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server-log") / "server.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, str(SERVE_DIR / "app.py"), str(calibrated), "--port", str(port), "--threads", "1"],
+            stdout=output, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer /health within 90 s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_live_endpoints(server, calibrated):
+    health = httpx.get(server + "/health").json()
+    assert health["status"] == "ok" and health["latency_budgets"] is True
+    session = LatencyAdjustableSession(calibrated)
+    answer = httpx.post(server + "/classify", json={"texts": TEXTS, "keep_ratio": 0.3}).json()
+    expected = session.predict(TEXTS, keep_ratio=0.3)
+    assert answer["labels"] == expected.labels
+    np.testing.assert_allclose(answer["scores"], expected.scores.max(axis=1), atol=1e-5)
+    single = httpx.post(server + "/classify", json={"texts": TEXTS[0]}).json()
+    assert single["keep_ratio"] == session.default_keep_ratio and len(single["labels"]) == 1
+    for body, message in [
+        ({"texts": TEXTS, "keep_ratio": 1.5}, "keep_ratio"),
+        ({"texts": TEXTS, "keep_ratio": 0.5, "target_ms": 10}, "not both"),
+        ({"texts": [""]}, "empty"),
+        ({"text": "typo in the field name"}, "Field required"),
+        ({"texts": TEXTS, "target_ms": "soon"}, "number"),
+    ]:
+        response = httpx.post(server + "/classify", json=body)
+        assert response.status_code == 422, body
+        assert message in response.text, response.text
+    metrics = httpx.get(server + "/metrics").json()
+    assert metrics["errors"]["invalid"] >= 5 and metrics["succeeded"] >= 2
+
+
+def test_bounded_load_has_no_errors(server, capsys):
+    before = httpx.get(server + "/metrics").json()
+    report = run_load(server, clients=8, requests=2000, payload=default_payloads())
+    with capsys.disabled():
+        print("\n[load test, tiny model, 8 clients] " + report.render().replace("\n", "\n    "))
+    assert report.errors == 0, report.error_samples
+    assert report.client_latency_ms["p50"] <= report.client_latency_ms["p99"]
+    after = httpx.get(server + "/metrics").json()
+    assert after["succeeded"] - before["succeeded"] == 2000
+    assert after["latency_ms"]["p99"] > 0
+
+
+def test_budgeted_load(server, capsys):
+    generous = run_load(server, clients=8, requests=200, payload=default_payloads(batch=2, target_ms=5_000))
+    assert generous.errors == 0 and generous.budget_requests == 200
+    assert generous.budget_met == 200  # a tiny model answers far within 5 s, at keep_ratio 1
+    impossible = run_load(server, clients=4, requests=40, payload=default_payloads(target_ms=0.001))
+    assert impossible.errors == 0 and impossible.budget_met == 0  # answered anyway, at the fastest ratio
+    with capsys.disabled():
+        print("\n[budget 5 s] " + generous.render().replace("\n", "\n    "))
