@@ -177,9 +177,9 @@ class LatencyAdjustableSession:
 
     def encode(self, texts: Union[str, Sequence[str]], text_pairs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         """Tokenise a batch into the model's integer inputs (padded to the longest)."""
-        texts = _check_texts(texts, "texts")
+        texts = check_texts(texts, "texts")
         if text_pairs is not None:
-            text_pairs = _check_texts(text_pairs, "text_pairs")
+            text_pairs = check_texts(text_pairs, "text_pairs")
             if len(text_pairs) != len(texts):
                 raise InvalidInputError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs")
             encodings = self._tokenizer.encode_batch(list(zip(texts, text_pairs)))
@@ -248,13 +248,17 @@ class LatencyAdjustableSession:
                 raise InvalidInputError("give keep_ratio or target_ms, not both")
             keep_ratio, predicted_ms = self.keep_ratio_for_budget(feed, target_ms, spent_ms=(time.perf_counter() - started) * 1000)
         ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
-        logits = self.run(feed, ratio)
+        return self.prediction_from_logits(self.run(feed, ratio), ratio, predicted_ms)
+
+    def prediction_from_logits(self, logits: np.ndarray, keep_ratio: Optional[float] = None,
+                               predicted_ms: Optional[float] = None) -> Prediction:
+        """Labels and softmax scores (or regression values) for raw logits of this model."""
         if self.metadata.problem_type == "regression":
-            return Prediction(logits=logits, values=logits[:, 0], keep_ratio=ratio, predicted_ms=predicted_ms)
+            return Prediction(logits=logits, values=logits[:, 0], keep_ratio=keep_ratio, predicted_ms=predicted_ms)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         scores = shifted / shifted.sum(axis=1, keepdims=True)
         labels = [self.labels[i] for i in logits.argmax(axis=1)]
-        return Prediction(logits=logits, labels=labels, scores=scores, keep_ratio=ratio, predicted_ms=predicted_ms)
+        return Prediction(logits=logits, labels=labels, scores=scores, keep_ratio=keep_ratio, predicted_ms=predicted_ms)
 
     def keep_ratio_for_budget(self, inputs: Mapping[str, np.ndarray], target_ms: float, spent_ms: float = 0.0) -> tuple[float, float]:
         """The largest keep_ratio predicted to run ``inputs`` within ``target_ms - spent_ms``,
@@ -330,7 +334,8 @@ def check_token_inputs(metadata: ModelMetadata, inputs: Mapping[str, np.ndarray]
     return feed
 
 
-def _check_texts(texts: Union[str, Sequence[str]], name: str) -> list[str]:
+def check_texts(texts: Union[str, Sequence[str]], name: str = "texts") -> list[str]:
+    """A batch of non-empty strings (one string is a batch of one), or a clear error."""
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, (list, tuple)):

@@ -4,12 +4,15 @@ It owns one ``LatencyAdjustableSession`` and the request metrics, and knows
 nothing about HTTP: ``app.py`` (FastAPI) and ``ray_app.py`` (Ray Serve) are thin
 skins over ``ClassificationService.classify`` and ``ClassificationService.metrics``.
 
-Model calls are admitted ``max_concurrent_calls`` at a time (default 1, with
-ONNX Runtime using every core inside the call): on a CPU, two calls running
-side by side each take about twice as long, so admitting more only adds
-variance.  A request's latency budget (``target_ms``) is end to end inside the
-service: the time it waited for admission is taken off the budget before the
-keep ratio is chosen.
+Requests are batched on the fly.  One worker thread (``workers``) runs the
+model, ONNX Runtime using every core inside each call; whenever it is free it
+takes the oldest waiting request together with every other waiting request it
+can share a call with (the same keep ratio, or all budgeted), up to
+``max_batch`` texts.  An idle service therefore adds no wait, and a loaded one
+answers eight queued requests in one call instead of eight calls in a row.  A
+latency budget (``target_ms``) is end to end inside the service: the call runs
+at the keep ratio predicted to fit the smallest budget left in its batch, after
+queueing and tokenisation.
 """
 
 from __future__ import annotations
@@ -17,17 +20,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from latexport.errors import InvalidInputError
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime import LatencyAdjustableSession, Prediction, check_keep_ratio, check_texts
 
 #: Percentiles are computed over the most recent requests, so /metrics stays O(window).
 METRICS_WINDOW = 10_000
+#: A request still unanswered after this long is failed rather than left hanging.
+ANSWER_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -36,6 +41,8 @@ class RequestRecord:
     queue_ms: float
     keep_ratio: float
     target_ms: Optional[float]
+    #: Texts in the model call that answered this request (its own and its batch-mates').
+    call_texts: int = 1
 
 
 class ServiceMetrics:
@@ -79,6 +86,7 @@ class ServiceMetrics:
         latencies = np.array([r.latency_ms for r in records])
         queue = np.array([r.queue_ms for r in records])
         ratios = np.array([r.keep_ratio for r in records])
+        call_texts = np.array([r.call_texts for r in records])
         return {
             **counts,
             "uptime_s": round(time.time() - self.started, 1),
@@ -86,6 +94,7 @@ class ServiceMetrics:
             "latency_ms": _percentiles(latencies),
             "queue_ms": _percentiles(queue),
             "keep_ratio": _percentiles(ratios, digits=3),
+            "texts_per_call": _percentiles(call_texts, digits=1),
         }
 
 
@@ -97,22 +106,51 @@ def _percentiles(values: np.ndarray, digits: int = 2) -> dict:
             "max": round(float(values.max()), digits)}
 
 
+@dataclass
+class PendingRequest:
+    """A validated request waiting for the worker; ``done`` is set once it has an answer."""
+
+    texts: list[str]
+    text_pairs: Optional[list[str]]
+    keep_ratio: Optional[float]
+    target_ms: Optional[float]
+    arrived: float
+    done: threading.Event = field(default_factory=threading.Event)
+    prediction: Optional[Prediction] = None
+    error: Optional[BaseException] = None
+    started: float = 0.0
+    call_texts: int = 0
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one model call (keep_ratio is one scalar per call)."""
+        mode = ("budget",) if self.target_ms is not None else ("ratio", self.keep_ratio)
+        return (*mode, self.text_pairs is not None)
+
+
 class ClassificationService:
     """Classify texts at a requested keep ratio, or at the one a latency budget allows."""
 
     def __init__(self, model_dir: Union[str, Path], intra_op_threads: int = 0, max_concurrent_calls: int = 1,
                  max_batch: int = 64, provider: str = "cpu"):
+        """``max_concurrent_calls`` model calls run side by side (one worker thread each);
+        ``max_batch`` caps the texts of one request and of one batched call."""
         self.session = LatencyAdjustableSession(model_dir, provider=provider, intra_op_threads=intra_op_threads,
                                                 truncation="silent")
         if self.session.metadata.task != "text-classification":
             raise InvalidInputError(f"{model_dir} is a {self.session.metadata.task} model; this service classifies")
         self.model_dir = Path(model_dir)
         self.max_batch = max_batch
-        self._admission = threading.BoundedSemaphore(max_concurrent_calls)
         self.metrics = ServiceMetrics()
         self.budget_available = (self.model_dir / "calibration.json").is_file()
         if self.budget_available:
             self.session.latency_model()  # fail at start-up, not on the first budgeted request
+        self._waiting: deque[PendingRequest] = deque()
+        self._wakeup = threading.Condition()
+        self._closed = False
+        self._workers = [threading.Thread(target=self._work, name=f"model-worker-{i}", daemon=True)
+                         for i in range(max_concurrent_calls)]
+        for worker in self._workers:
+            worker.start()
 
     def health(self) -> dict:
         meta = self.session.metadata
@@ -125,35 +163,46 @@ class ClassificationService:
             "latency_budgets": self.budget_available,
         }
 
+    def close(self) -> None:
+        """Stop the workers once the requests already waiting are answered."""
+        with self._wakeup:
+            self._closed = True
+            self._wakeup.notify_all()
+        for worker in self._workers:
+            worker.join(timeout=ANSWER_TIMEOUT_S)
+
+    # --- one request ------------------------------------------------------------------
     def classify(self, texts: Union[str, Sequence[str]], keep_ratio: Optional[float] = None,
                  target_ms: Optional[float] = None, text_pairs: Optional[Sequence[str]] = None) -> dict:
         """One request, timed from arrival; raises InvalidInputError for a bad request."""
         arrived = time.perf_counter()
         try:
-            if isinstance(texts, (list, tuple)) and len(texts) > self.max_batch:
-                raise InvalidInputError(f"at most {self.max_batch} texts per request, got {len(texts)}")
-            if target_ms is not None:
-                if not self.budget_available:
-                    raise InvalidInputError("this service has no calibration.json; run `latexport calibrate MODEL_DIR` to allow target_ms")
-                if isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or not np.isfinite(target_ms) or target_ms <= 0:
-                    raise InvalidInputError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
-            with self._admission:
-                queue_ms = (time.perf_counter() - arrived) * 1000
-                # Waiting counts against the budget; a request that waited it all out runs as fast as allowed.
-                remaining = None if target_ms is None else max(float(target_ms) - queue_ms, 1e-3)
-                prediction = self.session.predict(texts, keep_ratio=keep_ratio, text_pairs=text_pairs, target_ms=remaining)
+            request = self._validate(texts, keep_ratio, target_ms, text_pairs, arrived)
+            with self._wakeup:
+                if self._closed:
+                    raise RuntimeError("the service is shutting down")
+                self._waiting.append(request)
+                self._wakeup.notify()
+            if not request.done.wait(ANSWER_TIMEOUT_S):
+                raise TimeoutError(f"no answer within {ANSWER_TIMEOUT_S:.0f} s")
+            if request.error is not None:
+                raise request.error
         except InvalidInputError:
             self.metrics.record_error("invalid")
             raise
         except Exception:
             self.metrics.record_error("internal")
             raise
+        prediction = request.prediction
         latency_ms = (time.perf_counter() - arrived) * 1000
-        self.metrics.record(RequestRecord(latency_ms, queue_ms, prediction.keep_ratio, target_ms), len(prediction.logits))
+        queue_ms = (request.started - arrived) * 1000
+        self.metrics.record(RequestRecord(latency_ms, queue_ms, prediction.keep_ratio, target_ms, request.call_texts),
+                            len(prediction.logits))
         response = {
             "keep_ratio": round(prediction.keep_ratio, 4),
             "latency_ms": round(latency_ms, 3),
             "queue_ms": round(queue_ms, 3),
+            "call_texts": request.call_texts,
         }
         if prediction.values is not None:
             response["values"] = prediction.values.tolist()
@@ -164,3 +213,82 @@ class ClassificationService:
             response["target_ms"] = target_ms
             response["predicted_ms"] = round(prediction.predicted_ms, 3)
         return response
+
+    def _validate(self, texts, keep_ratio, target_ms, text_pairs, arrived: float) -> PendingRequest:
+        """Everything that can be wrong with one request, found before it can share a call with others."""
+        texts = check_texts(texts, "texts")
+        if len(texts) > self.max_batch:
+            raise InvalidInputError(f"at most {self.max_batch} texts per request, got {len(texts)}")
+        if text_pairs is not None:
+            text_pairs = check_texts(text_pairs, "text_pairs")
+            if len(text_pairs) != len(texts):
+                raise InvalidInputError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs")
+        if target_ms is not None:
+            if keep_ratio is not None:
+                raise InvalidInputError("give keep_ratio or target_ms, not both")
+            if not self.budget_available:
+                raise InvalidInputError("this service has no calibration.json; run `latexport calibrate MODEL_DIR` to allow target_ms")
+            if isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or not np.isfinite(target_ms) or target_ms <= 0:
+                raise InvalidInputError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
+            ratio = None
+        else:
+            ratio = float(check_keep_ratio(keep_ratio, self.session.default_keep_ratio))
+        return PendingRequest(texts, text_pairs, ratio, None if target_ms is None else float(target_ms), arrived)
+
+    # --- the worker ---------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._waiting and not self._closed:
+                    self._wakeup.wait()
+                if not self._waiting:
+                    return
+                batch = self._take_batch()
+            self._answer(batch)
+
+    def _take_batch(self) -> list[PendingRequest]:
+        """The oldest waiting request and every later one that can share its call (lock held)."""
+        first = self._waiting.popleft()
+        batch, texts, key = [first], len(first.texts), first.batch_key()
+        for request in list(self._waiting):
+            if request.batch_key() == key and texts + len(request.texts) <= self.max_batch:
+                self._waiting.remove(request)
+                batch.append(request)
+                texts += len(request.texts)
+        return batch
+
+    def _answer(self, batch: list[PendingRequest]) -> None:
+        started = time.perf_counter()
+        try:
+            texts = [text for request in batch for text in request.texts]
+            pairs = [pair for request in batch for pair in request.text_pairs] if batch[0].text_pairs else None
+            feed = self.session.encode(texts, pairs)
+            predicted_ms = None
+            if batch[0].target_ms is not None:
+                now = time.perf_counter()
+                remaining = min(request.target_ms - (now - request.arrived) * 1000 for request in batch)
+                # A batch whose budget is already spent runs as fast as it is allowed to.
+                ratio, predicted_ms = self.session.keep_ratio_for_budget(feed, max(remaining, 1e-3))
+            else:
+                ratio = batch[0].keep_ratio
+            prediction = self.session.prediction_from_logits(self.session.run(feed, ratio), ratio, predicted_ms)
+            offset = 0
+            for request in batch:
+                rows = slice(offset, offset + len(request.texts))
+                offset = rows.stop
+                request.prediction = Prediction(
+                    logits=prediction.logits[rows],
+                    labels=None if prediction.labels is None else prediction.labels[rows],
+                    scores=None if prediction.scores is None else prediction.scores[rows],
+                    values=None if prediction.values is None else prediction.values[rows],
+                    keep_ratio=ratio,
+                    predicted_ms=predicted_ms,
+                )
+        except BaseException as error:  # every waiting request gets the failure, none is left hanging
+            for request in batch:
+                request.error = error
+        finally:
+            for request in batch:
+                request.started = started
+                request.call_texts = sum(len(r.texts) for r in batch)
+                request.done.set()
