@@ -1,4 +1,4 @@
-"""examples/triton/make_repository.py: a repository Triton's ONNX Runtime backend would load.
+"""examples/triton-server/make_repository.py: a repository Triton's ONNX Runtime backend would load.
 
 Triton does not run here.  The config is parsed with Triton's own ModelConfig
 protobuf (shipped in tritonclient), and checked against the model as ONNX
@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "triton"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "triton-server"
 sys.path.insert(0, str(EXAMPLE))
 
 from make_repository import make_repository  # noqa: E402
