@@ -48,3 +48,17 @@ def regressor(regression_checkpoint, tmp_path_factory) -> Path:
     from latexport.export import convert
 
     return convert(str(regression_checkpoint), tmp_path_factory.mktemp("regressor") / "out").out_dir
+
+
+@pytest.fixture(scope="session")
+def calibrated_classifier(bert_classifier, tmp_path_factory) -> Path:
+    """A copy of the tiny classifier with a quick calibration.json (the shared fixture stays uncalibrated)."""
+    import shutil
+
+    from latexport.calibration import calibrate
+
+    model_dir = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(bert_classifier, model_dir)
+    calibrate(model_dir, batch_sizes=(1, 4), seq_lens=(16, 64), keep_ratios=(1.0, 0.5, 0.1), repeats=3, warmup=1,
+              intra_op_threads=1)
+    return model_dir

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from latexport.calibration import CALIBRATION_FILE, CalibrationWarning, LatencyModel, batch_gflops, calibrate
+from latexport.calibration import CALIBRATION_FILE, CalibrationWarning, LatencyModel, batch_gflops
 from latexport.cli import main
 from latexport.errors import InvalidInputError, ModelDirectoryError
 from latexport.runtime import LatencyAdjustableSession
@@ -19,13 +19,8 @@ TEXTS = ["the film was very good and the music was great", "a dull , slow story"
 
 
 @pytest.fixture(scope="module")
-def calibrated(bert_classifier, tmp_path_factory):
-    """A copy of the tiny classifier with a quick calibration (the shared fixture stays uncalibrated)."""
-    model_dir = tmp_path_factory.mktemp("calibrated") / "model"
-    shutil.copytree(bert_classifier, model_dir)
-    calibrate(model_dir, batch_sizes=(1, 4), seq_lens=(16, 64), keep_ratios=(1.0, 0.5, 0.1), repeats=3, warmup=1,
-              intra_op_threads=1)
-    return model_dir
+def calibrated(calibrated_classifier):
+    return calibrated_classifier
 
 
 def synthetic_model(metadata, coefficients: dict) -> LatencyModel:
@@ -61,6 +56,24 @@ def test_the_fit_never_goes_negative(metadata):
     assert model.coefficients["token_ms"] == 0.0
 
 
+def test_shape_corrections_follow_what_the_fit_misses(metadata):
+    truth = {"overhead_ms": 1.0, "token_ms": 0.0, "linear_gflop_ms": 50.0, "quadratic_gflop_ms": 100.0}
+    exact = synthetic_model(metadata, truth)
+    # Batches of 16 run 20% slower than any linear model says (a cache effect, say).
+    slowed = [{k: v for k, v in m.items() if k != "predicted_ms"} for m in exact.measurements]
+    for m in slowed:
+        m["median_ms"] *= 1.2 if m["batch"] == 16 else 1.0
+    model = LatencyModel.fit(metadata, slowed, provider="cpu", intra_op_threads=1, machine={}, onnxruntime_version="")
+    assert model.fit_error["max"] < 0.05
+    for m in slowed:
+        assert model.predict_ms(m["batch"], m["seq_len"], m["keep_ratio"]) == pytest.approx(m["median_ms"], rel=0.05)
+    linear_only = LatencyModel(**{**model.__dict__, "shape_correction": {}})
+    worst_linear = max(abs(linear_only.predict_ms(m["batch"], m["seq_len"], m["keep_ratio"]) / m["median_ms"] - 1)
+                       for m in slowed)
+    assert worst_linear > 0.05  # what the correction is for: a linear fit cannot follow the step
+    assert model.correction(64, 64) == pytest.approx(model.correction(16, 64))  # constant beyond the grid
+
+
 def test_quadratic_work_shrinks_with_the_ratio(metadata):
     full = batch_gflops(metadata.flops, metadata.profile, 64, 2, 1.0)
     pruned = batch_gflops(metadata.flops, metadata.profile, 64, 2, 0.1)
@@ -73,8 +86,8 @@ def test_the_chosen_ratio_is_the_largest_that_fits(metadata):
     model = synthetic_model(metadata, {"overhead_ms": 1.0, "token_ms": 0.0, "linear_gflop_ms": 50.0, "quadratic_gflop_ms": 100.0})
     full = model.predict_ms(4, 128, 1.0)
     floor = model.predict_ms(4, 128, 0.05)
-    assert model.choose_keep_ratio(4, 128, full * 2) == (1.0, full)
-    assert model.choose_keep_ratio(4, 128, floor / 2) == (0.05, floor)  # cannot fit: the fastest allowed
+    assert model.choose_keep_ratio(4, 128, full * 2) == pytest.approx((1.0, full))
+    assert model.choose_keep_ratio(4, 128, floor / 2) == pytest.approx((0.05, floor))  # cannot fit: the fastest allowed
     previous = 0.0
     for budget in np.linspace(floor, full, 9)[1:-1]:
         ratio, predicted = model.choose_keep_ratio(4, 128, budget)
@@ -163,3 +176,15 @@ def test_calibrate_and_run_commands(bert_classifier, tmp_path):
     assert result.exit_code == 2 and "positive" in result.output
     result = runner.invoke(main, ["calibrate", str(model_dir), "--seq-lens", "4096"])
     assert result.exit_code == 2 and "sequence lengths" in result.output
+
+
+def test_the_margin_comes_from_slow_calls(metadata):
+    truth = {"overhead_ms": 1.0, "token_ms": 0.0, "linear_gflop_ms": 50.0, "quadratic_gflop_ms": 100.0}
+    exact = synthetic_model(metadata, truth)
+    jittery = [dict(m, p90_ms=m["median_ms"] * 1.1) for m in exact.measurements]
+    model = LatencyModel.fit(metadata, [{k: v for k, v in m.items() if k != "predicted_ms"} for m in jittery],
+                             provider="cpu", intra_op_threads=1, machine={}, onnxruntime_version="")
+    assert model.margin == pytest.approx(0.1, rel=1e-6)
+    ratio, guarded = model.choose_keep_ratio(4, 128, model.predict_ms(4, 128, 1.0) * 1.05)
+    assert ratio < 1.0  # 5% headroom is not enough once 10% is kept for slow calls
+    assert guarded == pytest.approx(model.predict_ms(4, 128, ratio) * 1.1)

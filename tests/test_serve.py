@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import httpx
 import numpy as np
 import pytest
 
-from latexport.calibration import calibrate
 from latexport.errors import InvalidInputError
 from latexport.runtime import LatencyAdjustableSession
 
@@ -27,12 +25,8 @@ TEXTS = ["the film was very good and the music was great", "a dull , slow story 
 
 
 @pytest.fixture(scope="module")
-def calibrated(bert_classifier, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("serve") / "model"
-    shutil.copytree(bert_classifier, model_dir)
-    calibrate(model_dir, batch_sizes=(1, 4), seq_lens=(16, 64), keep_ratios=(1.0, 0.5, 0.1), repeats=3, warmup=1,
-              intra_op_threads=1)
-    return model_dir
+def calibrated(calibrated_classifier):
+    return calibrated_classifier
 
 
 def test_service_answers_like_the_runtime_and_counts(calibrated):
