@@ -35,6 +35,14 @@ def test_forward_matches_the_runtime_at_every_ratio(model, bert_classifier):
     assert np.abs(session.run(feed, keep_ratio=1.0) - session.run(feed, keep_ratio=0.1)).max() > 1e-3
 
 
+def test_io_binding_gives_the_same_logits(bert_classifier):
+    bound = LatexportModelForSequenceClassification.from_pretrained(bert_classifier, use_io_binding=True)
+    session = LatencyAdjustableSession(bert_classifier)
+    feed = session.encode(TEXTS)
+    logits = bound(**{name: torch.from_numpy(array) for name, array in feed.items()}, keep_ratio=0.3).logits
+    np.testing.assert_allclose(logits.numpy(), session.run(feed, keep_ratio=0.3), atol=1e-6)
+
+
 def test_default_ratio_then_attribute_then_call(bert_classifier, tmp_path):
     import onnx
 

@@ -119,6 +119,12 @@ def test_live_endpoints(server, calibrated):
         assert message in response.text, response.text
     metrics = httpx.get(server + "/metrics").json()
     assert metrics["errors"]["invalid"] >= 5 and metrics["succeeded"] >= 2
+    exposition = httpx.get(server + "/metrics/prometheus")
+    assert exposition.headers["content-type"].startswith("text/plain")
+    lines = exposition.text.splitlines()
+    assert f'latexport_requests_total{{outcome="succeeded"}} {float(metrics["succeeded"])}' in lines
+    assert f'latexport_requests_total{{outcome="invalid"}} {float(metrics["errors"]["invalid"])}' in lines
+    assert any(line.startswith("latexport_request_latency_seconds_bucket") for line in lines)
 
 
 def test_bounded_load_has_no_errors(server, capsys):

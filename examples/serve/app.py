@@ -20,7 +20,8 @@ from typing import Optional, Union
 from fastapi import FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,6 +48,10 @@ def create_app(service: ClassificationService) -> FastAPI:
     @app.get("/metrics")
     def metrics() -> dict:
         return service.metrics.snapshot()
+
+    @app.get("/metrics/prometheus")
+    def prometheus_metrics() -> Response:
+        return Response(service.metrics.prometheus(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(RequestValidationError)
     def malformed_request(request, error: RequestValidationError) -> JSONResponse:

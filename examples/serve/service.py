@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from latexport.errors import InvalidInputError
 from latexport.runtime import LatencyAdjustableSession, Prediction, check_keep_ratio, check_texts
 
 #: Percentiles are computed over the most recent requests, so /metrics stays O(window).
 METRICS_WINDOW = 10_000
+#: Histogram buckets (seconds) from a tiny model's few milliseconds to a long batch's seconds.
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 #: A request still unanswered after this long is failed rather than left hanging.
 ANSWER_TIMEOUT_S = 120.0
 
@@ -46,7 +49,11 @@ class RequestRecord:
 
 
 class ServiceMetrics:
-    """Request counts since start, and latency percentiles over a sliding window. Thread-safe."""
+    """Request counts since start, and latency percentiles over a sliding window. Thread-safe.
+
+    The same events also feed Prometheus counters and histograms (``prometheus()``),
+    in a registry of this service's own, for monitoring stacks that scrape.
+    """
 
     def __init__(self, window: int = METRICS_WINDOW):
         self._lock = threading.Lock()
@@ -57,6 +64,17 @@ class ServiceMetrics:
         self.texts = 0
         self.budget_requests = 0
         self.budget_met = 0
+        self.registry = CollectorRegistry()
+        self._outcomes = Counter("latexport_requests", "Classification requests by outcome", ["outcome"], registry=self.registry)
+        self._texts = Counter("latexport_texts", "Texts classified", registry=self.registry)
+        self._budgets = Counter("latexport_budget_requests", "Requests with a latency budget, by whether it was met",
+                                ["met"], registry=self.registry)
+        self._latency = Histogram("latexport_request_latency_seconds", "Time from arrival to answer inside the service",
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._queue = Histogram("latexport_queue_seconds", "Time a request waited for the model worker",
+                                buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._ratio = Histogram("latexport_keep_ratio", "Keep ratio each request ran at",
+                                buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0), registry=self.registry)
 
     def record(self, record: RequestRecord, texts: int) -> None:
         with self._lock:
@@ -66,11 +84,23 @@ class ServiceMetrics:
             if record.target_ms is not None:
                 self.budget_requests += 1
                 self.budget_met += record.latency_ms <= record.target_ms
+        self._outcomes.labels("succeeded").inc()
+        self._texts.inc(texts)
+        if record.target_ms is not None:
+            self._budgets.labels(str(record.latency_ms <= record.target_ms).lower()).inc()
+        self._latency.observe(record.latency_ms / 1000)
+        self._queue.observe(record.queue_ms / 1000)
+        self._ratio.observe(record.keep_ratio)
 
     def record_error(self, kind: str) -> None:
         with self._lock:
             self.requests += 1
             self.errors[kind] += 1
+        self._outcomes.labels(kind).inc()
+
+    def prometheus(self) -> bytes:
+        """The Prometheus text exposition of this service's metrics."""
+        return generate_latest(self.registry)
 
     def snapshot(self) -> dict:
         with self._lock:
