@@ -51,7 +51,7 @@ def texts_of(corpus: str, count: int, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(rows, count)
 
 
-def default_model(threads: int) -> Path:
+def default_model() -> Path:
     from speed_bert_base import bert_base_checkpoint
 
     from latexport.assets import cache_dir
@@ -175,7 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    model_dir = args.model or default_model(args.threads)
+    model_dir = args.model or default_model()
     # The grid covers the workloads below (up to 32 texts, 256 tokens), so no budget relies on extrapolation.
     latency_model = calibrate(model_dir, batch_sizes=(1, 8, 32), seq_lens=(16, 32, 64, 128, 256),
                               intra_op_threads=args.threads, progress=True)

@@ -31,16 +31,17 @@ class FlopsModel:
     output_projection_after_drop: bool = True
 
     def layer_cost(self, n_in: int, n_out: int, drops: bool) -> float:
-        return sum(self.layer_cost_parts(n_in, n_out, drops))
+        return float(sum(self.layer_cost_parts(n_in, n_out, drops)))
 
-    def layer_cost_parts(self, n_in: int, n_out: int, drops: bool) -> tuple[float, float]:
+    def layer_cost_parts(self, n_in, n_out, drops):
         """(linear, quadratic) parts of ``layer_cost``: the weight products, and the
-        token-by-token products (plus ACC), which run slower per multiply-accumulate."""
+        token-by-token products (plus ACC), which run slower per multiply-accumulate.
+        Works on numbers and, elementwise, on numpy arrays of counts."""
         d, f = self.hidden_size, self.intermediate_size
         projection_tokens = n_out if self.output_projection_after_drop else n_in
         linear = 3 * n_in * d * d + projection_tokens * d * d + 2 * n_out * d * f
-        quadratic = 2 * n_in * n_in * d + (self.num_heads * n_in * n_in if drops else 0)
-        return float(linear), float(quadratic)
+        quadratic = 2 * n_in * n_in * d + self.num_heads * n_in * n_in * drops
+        return linear, quadratic
 
     def model_cost(self, counts_in_out: list[tuple[int, int]]) -> float:
         return sum(self.layer_cost(n_in, n_out, n_out < n_in) for n_in, n_out in counts_in_out)

@@ -65,16 +65,22 @@ class EliminationProfile:
 
     def kept_counts(self, valid_length: int, keep_ratio: float) -> list[int]:
         """Word-vectors alive after each layer for one sample of ``valid_length`` tokens."""
+        return self.kept_counts_table(valid_length, np.array([keep_ratio]))[0].tolist()
+
+    def kept_counts_table(self, valid_length: int, keep_ratios: np.ndarray) -> np.ndarray:
+        """``kept_counts`` for many ratios at once: int64 [len(keep_ratios), num_layers].
+
+        The same float32 arithmetic as the graph; the per-layer ``min`` with the
+        previous layer is a running minimum along the layers.
+        """
         if valid_length < 0:
             raise SettingsError(f"valid_length must be >= 0, got {valid_length}")
-        counts = []
-        previous = max(int(valid_length), 1)
-        n = np.float32(valid_length)
-        for fraction in self.kept_fractions(keep_ratio):
-            wanted = int(np.ceil(n * np.float32(fraction) - np.float32(CEIL_SLACK)))
-            previous = max(min(wanted, previous), 1)
-            counts.append(previous)
-        return counts
+        ratios = np.asarray(keep_ratios, dtype=np.float64)
+        ratios = np.where(np.isnan(ratios), 1.0, np.clip(ratios, 0.0, 1.0)).astype(np.float32)
+        fractions = np.power(ratios[:, None], np.array(self.exponents(), dtype=np.float32)[None, :])
+        wanted = np.ceil(np.float32(valid_length) * fractions - np.float32(CEIL_SLACK))
+        counts = np.minimum.accumulate(np.minimum(wanted, max(int(valid_length), 1)), axis=1)
+        return np.maximum(counts, 1).astype(np.int64)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

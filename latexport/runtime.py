@@ -77,6 +77,13 @@ def check_keep_ratio(keep_ratio: KeepRatio, default: float = 1.0) -> np.ndarray:
     return np.array(value, dtype=np.float32)
 
 
+def check_target_ms(target_ms) -> float:
+    """A latency budget as a float: a finite, positive number of milliseconds."""
+    if isinstance(target_ms, bool) or not isinstance(target_ms, numbers.Real) or not math.isfinite(target_ms) or target_ms <= 0:
+        raise InvalidInputError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
+    return float(target_ms)
+
+
 def choose_providers(provider: str) -> list[str]:
     if provider not in PROVIDERS:
         raise ProviderError(f"unknown provider {provider!r}; choose one of: {', '.join(PROVIDERS)}")
@@ -263,14 +270,13 @@ class LatencyAdjustableSession:
     def keep_ratio_for_budget(self, inputs: Mapping[str, np.ndarray], target_ms: float, spent_ms: float = 0.0) -> tuple[float, float]:
         """The largest keep_ratio predicted to run ``inputs`` within ``target_ms - spent_ms``,
         and that prediction (``latexport/calibration.py``)."""
-        if isinstance(target_ms, bool) or not isinstance(target_ms, numbers.Real) or not math.isfinite(target_ms) or target_ms <= 0:
-            raise InvalidInputError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
+        target_ms = check_target_ms(target_ms)
         mask = np.asarray(inputs["attention_mask"])
         if mask.ndim != 2 or mask.shape[0] == 0:
             raise InvalidInputError(f"attention_mask must be 2-D [batch, sequence], got shape {mask.shape}")
-        latency_model = self.latency_model()
-        longest = int(mask.sum(axis=1).max())
-        return latency_model.choose_keep_ratio(mask.shape[0], max(longest, mask.shape[1]), float(target_ms) - spent_ms)
+        # Rows are padded to the longest, so the padded width is the longest row's length.
+        batch, width = mask.shape
+        return self.latency_model().choose_keep_ratio(batch, width, target_ms - spent_ms)
 
     def latency_model(self):
         """This machine's calibration (``calibration.json``), loaded and checked once."""

@@ -28,7 +28,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from latexport.errors import InvalidInputError
-from latexport.runtime import LatencyAdjustableSession, Prediction, check_keep_ratio, check_texts
+from latexport.runtime import LatencyAdjustableSession, Prediction, check_keep_ratio, check_target_ms, check_texts
 
 #: Percentiles are computed over the most recent requests, so /metrics stays O(window).
 METRICS_WINDOW = 10_000
@@ -258,12 +258,11 @@ class ClassificationService:
                 raise InvalidInputError("give keep_ratio or target_ms, not both")
             if not self.budget_available:
                 raise InvalidInputError("this service has no calibration.json; run `latexport calibrate MODEL_DIR` to allow target_ms")
-            if isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or not np.isfinite(target_ms) or target_ms <= 0:
-                raise InvalidInputError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
+            target_ms = check_target_ms(target_ms)
             ratio = None
         else:
             ratio = float(check_keep_ratio(keep_ratio, self.session.default_keep_ratio))
-        return PendingRequest(texts, text_pairs, ratio, None if target_ms is None else float(target_ms), arrived)
+        return PendingRequest(texts, text_pairs, ratio, target_ms, arrived)
 
     # --- the worker ---------------------------------------------------------------------
     def _work(self) -> None:
