@@ -85,7 +85,9 @@ def batch_gflops(flops: FlopsModel, profile: EliminationProfile, longest: int, b
     kept = profile.kept_counts_table(longest, ratios).astype(np.float64)  # [ratios, layers]
     entering = np.concatenate([np.full((len(ratios), 1), float(longest)), kept[:, :-1]], axis=1)
     linear, quadratic = flops.layer_cost_parts(entering, kept, kept < entering)
-    linear, quadratic = batch * linear.sum(axis=1) / 1e9, batch * quadratic.sum(axis=1) / 1e9
+    decoder_linear, decoder_quadratic = flops.decoder_cost_parts(float(longest), kept[:, -1])
+    linear = batch * (linear.sum(axis=1) + decoder_linear) / 1e9
+    quadratic = batch * (quadratic.sum(axis=1) + decoder_quadratic) / 1e9
     if np.ndim(keep_ratios) == 0:
         return float(linear[0]), float(quadratic[0])
     return linear, quadratic

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from latexport.errors import CheckpointError, UnsupportedModelError
-from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASKS, EncoderFamily, family_for
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, TASKS, EncoderFamily, family_for
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ class LoadedCheckpoint:
         return int(min(limit, tokenizer_limit))
 
 
-def infer_task(config) -> str:
+def infer_task(config, family: EncoderFamily) -> str:
     architectures = getattr(config, "architectures", None) or []
     if any(name.endswith("ForSequenceClassification") for name in architectures):
         return TASK_CLASSIFICATION
+    if TASK_TEXT2TEXT in family.tasks and any(name.endswith("ForConditionalGeneration") for name in architectures):
+        return TASK_TEXT2TEXT
     return TASK_FEATURES
 
 
@@ -77,18 +79,20 @@ def load_checkpoint(checkpoint: str, task: Optional[str] = None, tokenizer_sourc
     """Load config, eager-attention model and fast tokenizer for export or fine-tuning."""
     config = load_config(checkpoint)
     family = family_for(config)
-    task = task or infer_task(config)
+    task = task or infer_task(config, family)
     if task not in TASKS:
         raise UnsupportedModelError(f"latexport cannot export task {task!r}. Supported tasks: {', '.join(TASKS)}.")
-    model = _load_model(checkpoint, task)
+    if task not in family.tasks:
+        raise UnsupportedModelError(
+            f"latexport cannot export task {task!r} for model_type {config.model_type!r}; "
+            f"this family supports: {', '.join(family.tasks)}."
+        )
+    model = _load_model(checkpoint, family.model_class(task))
     tokenizer = load_tokenizer(tokenizer_source or checkpoint)
     return LoadedCheckpoint(config=model.config, model=model, tokenizer=tokenizer, family=family, task=task)
 
 
-def _load_model(checkpoint: str, task: str):
-    from transformers import AutoModel, AutoModelForSequenceClassification
-
-    auto_class = AutoModelForSequenceClassification if task == TASK_CLASSIFICATION else AutoModel
+def _load_model(checkpoint: str, auto_class):
     try:
         model, info = auto_class.from_pretrained(checkpoint, attn_implementation="eager", output_loading_info=True)
     except (OSError, ValueError, RuntimeError, EnvironmentError) as error:
@@ -97,7 +101,7 @@ def _load_model(checkpoint: str, task: str):
         if type(error).__name__ == "SafetensorError":
             raise CheckpointError(f"{checkpoint}: the safetensors weights file is corrupt or truncated ({error})") from error
         raise
-    head_prefixes = ("classifier", "pre_classifier", "pooler", "score")
+    head_prefixes = ("classifier", "pre_classifier", "pooler", "score", "classification_head")
     missing_body = [key for key in info.get("missing_keys", []) if not _is_head_key(key, head_prefixes)]
     if missing_body:
         shown = ", ".join(missing_body[:5]) + (" ..." if len(missing_body) > 5 else "")

@@ -69,7 +69,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("checkpoint")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
-@click.option("--task", type=click.Choice(["text-classification", "feature-extraction"]), help="Default: from the checkpoint.")
+@click.option("--task", type=click.Choice(["text-classification", "feature-extraction", "text2text-generation"]), help="Default: from the checkpoint.")
 @click.option("--atol", default=1e-4, show_default=True, help="Validation tolerance on logits/embeddings.")
 @click.option("--power", type=float, help="Elimination profile shape: fraction(l) = keep_ratio ** ((l/L) ** power) (default: the fine-tuning run's, else 1.5).")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Feature extraction pooling (default: the checkpoint's, else mean).")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ from latexport.atomic import atomic_directory, check_target_free
 from latexport.checkpoint import LoadedCheckpoint, finetuned_power, load_checkpoint, sentence_transformers_pooling
 from latexport.errors import SettingsError, ValidationError
 from latexport.estimate import FlopsModel
-from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES
-from latexport.metadata import ModelMetadata
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT
+from latexport.metadata import ENCODER_MASK_OUTPUT, ModelMetadata
 from latexport.model import ExportWrapper, LatencyAdjustableModel
 from latexport.optimize import (
     OPTIMIZATION_TARGETS,
@@ -38,13 +39,17 @@ from latexport.optimize import (
 )
 from latexport.passes import finish_saved_model, hide_outputs, set_metadata, with_int64_outputs
 from latexport.profile import DEFAULT_POWER, EliminationProfile
-from latexport.validate import DEFAULT_RATIOS, ValidationReport, validate_export, validation_inputs
+from latexport.validate import DEFAULT_RATIOS, ValidationReport, validate_export, validate_generation, validation_inputs
 
 log = logging.getLogger(__name__)
 
 # 17 has LayerNormalization as one op; ONNX Runtime 1.20+ and onnxruntime-node run it.
 OPSET = 17
 MODEL_FILE = "model.onnx"
+#: text2text-generation: optimum's decoder graphs, beside model.onnx (the encoder).
+DECODER_FILE = "decoder_model.onnx"
+DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
+OUTPUT_NAMES = {TASK_CLASSIFICATION: "logits", TASK_FEATURES: "sentence_embedding", TASK_TEXT2TEXT: "last_hidden_state"}
 
 
 @dataclass
@@ -80,10 +85,13 @@ def describe(
             intermediate_size=shape.intermediate_size,
             num_heads=shape.num_heads,
             output_projection_after_drop=loaded.family.output_projection_after_drop,
+            attention_size=shape.attention_size,
+            feed_forward_matrices=shape.feed_forward_matrices,
+            decoder_layers=shape.decoder_layers if loaded.task == TASK_CLASSIFICATION else 0,
         ),
         labels=loaded.labels,
         input_names=input_names,
-        output_name="sentence_embedding" if loaded.task == TASK_FEATURES else "logits",
+        output_name=OUTPUT_NAMES[loaded.task],
         max_length=loaded.max_length,
         vocab_size=int(loaded.config.vocab_size),
         pad_token=str(loaded.tokenizer.pad_token),
@@ -93,7 +101,19 @@ def describe(
         problem_type=loaded.problem_type,
         source=source,
         optimizations=list(optimizations),
+        generation=generation_settings(loaded.config) if loaded.task == TASK_TEXT2TEXT else None,
     )
+
+
+def generation_settings(config) -> dict:
+    """What the runtime's generation loop needs to know beyond the graphs."""
+    return {
+        "decoder": DECODER_FILE,
+        "decoder_with_past": DECODER_WITH_PAST_FILE,
+        "decoder_start_token_id": int(config.decoder_start_token_id),
+        "eos_token_id": int(config.eos_token_id),
+        "pad_token_id": int(config.pad_token_id),
+    }
 
 
 def export_onnx(
@@ -128,6 +148,9 @@ def export_onnx(
     data_inputs = [name for name in metadata.input_names if name != "keep_ratio"]
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in data_inputs}
     dynamic_axes[metadata.output_name] = {0: "batch"}
+    if metadata.generation is not None:
+        dynamic_axes[metadata.output_name] = {0: "batch", 1: "kept"}
+        dynamic_axes[ENCODER_MASK_OUTPUT] = {0: "batch", 1: "kept"}
     for layer, tap in enumerate(metadata.kept_positions_taps):
         dynamic_axes[tap] = {0: "batch", 1: f"kept_{layer}"}
 
@@ -141,7 +164,7 @@ def export_onnx(
             dynamo=False,
             opset_version=OPSET,
             input_names=metadata.input_names,
-            output_names=[metadata.output_name, *metadata.kept_positions_taps],
+            output_names=[*metadata.output_names, *metadata.kept_positions_taps],
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
@@ -154,6 +177,27 @@ def export_onnx(
     model.producer_version = __version__
     ir.save(model, str(path))
     os.unlink(traced_path)
+
+
+def export_decoders(checkpoint: str, out_dir: Path) -> None:
+    """Write optimum's T5-style decoder graphs (first step, and with past key/values).
+
+    They take the encoder states and their mask with a dynamic length, so the
+    kept states of any keep_ratio feed them as they are: the decoder needs no
+    change, only fewer encoder word-vectors to cross-attend to.  optimum also
+    writes an encoder and a merged decoder; latexport's own encoder replaces the
+    first, and the second is left out (two plain graphs are simpler to run).
+    """
+    from optimum.exporters.onnx import main_export
+
+    scratch = out_dir / "optimum-export"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(checkpoint, scratch, task="text2text-generation-with-past", do_validation=False)
+    for name in os.listdir(scratch):
+        if name.startswith(("decoder_model.onnx", "decoder_with_past_model.onnx")) or name == "generation_config.json":
+            os.replace(scratch / name, out_dir / name)  # a graph over 2 GB brings its external data along
+    shutil.rmtree(scratch)
 
 
 def convert(
@@ -203,6 +247,9 @@ def convert(
         report = validate_export(
             scratch / MODEL_FILE, loaded, lat, metadata.output_name, metadata.kept_positions_taps, atol, validation_ratios
         )
+        if metadata.generation is not None:
+            export_decoders(checkpoint, scratch)
+            report.checks.extend(validate_generation(scratch, loaded, lat, atol, validation_ratios).checks)
         if not report.passed:
             if not keep_invalid:
                 raise ValidationError(f"{checkpoint}: the exported graph failed validation", report.render())

@@ -14,6 +14,8 @@ from latexport.estimate import FlopsModel
 from latexport.profile import EliminationProfile
 
 PREFIX = "latexport."
+#: The second output of a text2text-generation encoder: 1 for each kept word-vector.
+ENCODER_MASK_OUTPUT = "encoder_attention_mask"
 
 
 @dataclass
@@ -38,6 +40,15 @@ class ModelMetadata:
     source: Optional[str] = None
     #: Graph variants applied after tracing: "fusions-cpu", "int8-dynamic", "fp16", ...
     optimizations: list[str] = field(default_factory=list)
+    #: text2text-generation: the decoder graphs beside this encoder and the token ids
+    #: generation needs ({"decoder": file, "decoder_with_past": file,
+    #: "decoder_start_token_id": int, "eos_token_id": int, "pad_token_id": int}).
+    generation: Optional[dict] = None
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph's outputs: the task output, and for an encoder-decoder the kept mask."""
+        return [self.output_name, ENCODER_MASK_OUTPUT] if self.generation is not None else [self.output_name]
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -66,6 +77,8 @@ class ModelMetadata:
             props["optimizations"] = json.dumps(self.optimizations)
         if self.tuning is not None:
             props["tuning"] = json.dumps(self.tuning, sort_keys=True)
+        if self.generation is not None:
+            props["generation"] = json.dumps(self.generation, sort_keys=True)
         return {PREFIX + key: value for key, value in props.items()}
 
     @classmethod
@@ -92,4 +105,5 @@ class ModelMetadata:
             tuning=json.loads(own["tuning"]) if "tuning" in own else None,
             source=own.get("source"),
             optimizations=list(json.loads(own.get("optimizations", "[]"))),
+            generation=json.loads(own["generation"]) if "generation" in own else None,
         )

@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, EncoderFamily
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, EncoderFamily
 from latexport.profile import EliminationProfile
 from latexport.selection import keep_counts, sanitize_keep_ratio, select_tokens, select_tokens_for_export
 
@@ -22,7 +22,9 @@ POOLINGS = ("mean", "cls")
 
 @dataclass
 class LatencyAdjustableOutput:
-    """``output`` is logits [B, labels] or a pooled embedding [B, hidden].
+    """``output`` is logits [B, labels], a pooled embedding [B, hidden], or for
+    text2text-generation the encoder's kept states [B, K, hidden], whose mask
+    ([B, K], 1 for a real word-vector) is ``attention_mask``.
 
     ``kept_positions[l]`` is [B, K_l]: the original positions of the
     word-vectors alive after layer ``l``, in order, with -1 in surplus slots.
@@ -30,6 +32,7 @@ class LatencyAdjustableOutput:
 
     output: torch.Tensor
     kept_positions: list[torch.Tensor] = field(default_factory=list)
+    attention_mask: Optional[torch.Tensor] = None
 
 
 class LatencyAdjustableModel(nn.Module):
@@ -79,7 +82,7 @@ class LatencyAdjustableModel(nn.Module):
         select = select_tokens_for_export if torch.jit.is_tracing() else select_tokens
         kept_positions = []
         for layer, exponent in zip(family.layers(core), self.exponents):
-            mixed, probs = family.attend(layer, hidden, family.attention_mask(valid, hidden.dtype))
+            mixed, probs = family.attend(layer, hidden, family.attention_bias(core, valid, positions, hidden.dtype))
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
             hidden, mixed, valid, positions = select(
                 probs, valid, family.always_keep(valid), keep, hidden, mixed, positions
@@ -87,10 +90,13 @@ class LatencyAdjustableModel(nn.Module):
             hidden = family.finish(layer, mixed, hidden)
             kept_positions.append(torch.where(valid, positions, torch.full_like(positions, -1)))
 
+        hidden = family.final_states(core, hidden)
+        if self.task == TASK_TEXT2TEXT:
+            return LatencyAdjustableOutput(hidden, kept_positions, attention_mask=valid.to(torch.int64))
         if self.task == TASK_FEATURES:
             output = pool(hidden, valid, self.pooling)
         else:
-            output = family.classify(self.hf_model, hidden)
+            output = family.classify(self.hf_model, hidden, valid, input_ids)
         return LatencyAdjustableOutput(output=output, kept_positions=kept_positions)
 
 
@@ -117,6 +123,7 @@ class ExportWrapper(nn.Module):
         else:
             token_type_ids, (keep_ratio,) = None, rest
         result = self.model(input_ids, attention_mask, token_type_ids, keep_ratio)
+        outputs = (result.output,) if result.attention_mask is None else (result.output, result.attention_mask)
         if self.with_kept_positions:
-            return (result.output, *result.kept_positions)
-        return result.output
+            outputs = (*outputs, *result.kept_positions)
+        return outputs if len(outputs) > 1 else outputs[0]

@@ -5,6 +5,11 @@
 * At lower ratios it must reproduce our PyTorch implementation at the same
   ratio: the same output within ``atol`` and the same kept word-vectors in
   every layer.
+* An encoder-decoder (text2text-generation) also checks its decoder graphs:
+  at 1.0 the teacher-forced logits against transformers and the greedy
+  continuation token for token against ``generate``; at lower ratios the
+  greedy continuation against ``generate`` fed our PyTorch encoder's kept
+  states and mask.
 
 Inputs are a padded batch (so per-sample counts and masking are exercised)
 and a longer single sequence (so the sequence axis is exercised beyond the
@@ -22,11 +27,13 @@ import onnxruntime as ort
 import torch
 
 from latexport.checkpoint import LoadedCheckpoint
-from latexport.families import TASK_FEATURES
+from latexport.families import TASK_FEATURES, TASK_TEXT2TEXT
 from latexport.model import LatencyAdjustableModel, pool
 from latexport.passes import with_int64_outputs
 
 DEFAULT_RATIOS = (0.75, 0.5, 0.25, 0.1)
+#: Greedy tokens compared per prompt when validating generation.
+GREEDY_TOKENS = 16
 
 
 @dataclass
@@ -42,6 +49,11 @@ class Check:
     def passed(self) -> bool:
         return bool(self.max_abs_diff <= self.atol) and self.kept_mismatch is None
 
+    @property
+    def compares_tokens(self) -> bool:
+        """Greedy checks: ``max_abs_diff`` counts differing tokens, and must be 0."""
+        return self.reference.endswith("greedy")
+
 
 @dataclass
 class ValidationReport:
@@ -54,7 +66,7 @@ class ValidationReport:
     def render(self) -> str:
         lines = [f"{'inputs':<14} {'keep_ratio':>10} {'reference':<13} {'max |diff|':>11} {'atol':>8}  kept tokens  result"]
         for c in self.checks:
-            kept = "-" if c.reference == "transformers" else ("same" if c.kept_mismatch is None else "DIFFER")
+            kept = "-" if c.reference == "transformers" or c.compares_tokens else ("same" if c.kept_mismatch is None else "DIFFER")
             lines.append(
                 f"{c.inputs:<14} {c.keep_ratio:>10.2f} {c.reference:<13} {c.max_abs_diff:>11.2e} {c.atol:>8.0e}  "
                 f"{kept:<11}  {'ok' if c.passed else 'FAILED'}"
@@ -105,6 +117,9 @@ def reference_output(loaded: LoadedCheckpoint, feed: dict[str, np.ndarray], pool
     """The unmodified transformers model's logits or pooled embedding."""
     tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
     with torch.no_grad():
+        if loaded.task == TASK_TEXT2TEXT:
+            states = loaded.family.core(loaded.model)(**tensors).last_hidden_state
+            return states.numpy() * feed["attention_mask"][..., None]
         output = loaded.model(**tensors)
     if loaded.task == TASK_FEATURES:
         return pool(output.last_hidden_state, tensors["attention_mask"] > 0, pooling or "mean").numpy()
@@ -117,7 +132,15 @@ def pytorch_output(lat: LatencyAdjustableModel, feed: dict[str, np.ndarray], kee
         result = lat(
             tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids"), torch.tensor(keep_ratio)
         )
-    return result.output.numpy(), [kept.numpy() for kept in result.kept_positions]
+    kept = [positions.numpy() for positions in result.kept_positions]
+    if result.attention_mask is not None:
+        return _masked_states(result.output.numpy(), kept), kept
+    return result.output.numpy(), kept
+
+
+def _masked_states(states: np.ndarray, kept: list[np.ndarray]) -> np.ndarray:
+    """Encoder states with the surplus slots zeroed (what they hold there is not part of the contract)."""
+    return states * (kept[-1] >= 0)[..., None]
 
 
 def validate_export(
@@ -137,11 +160,15 @@ def validate_export(
     report = ValidationReport()
     for label, feed in validation_inputs(loaded).items():
         expected = reference_output(loaded, feed, lat.pooling)
-        got = session.run([output_name], {**feed, "keep_ratio": np.array(1.0, dtype=np.float32)})[0]
+        got, *got_kept = session.run([output_name, *taps], {**feed, "keep_ratio": np.array(1.0, dtype=np.float32)})
+        if loaded.task == TASK_TEXT2TEXT:
+            got = _masked_states(got, got_kept)
         report.checks.append(Check(label, 1.0, "transformers", _max_diff(got, expected), atol))
         for ratio in ratios:
             expected, expected_kept = pytorch_output(lat, feed, ratio)
             got, *got_kept = session.run([output_name, *taps], {**feed, "keep_ratio": np.array(ratio, dtype=np.float32)})
+            if loaded.task == TASK_TEXT2TEXT:
+                got = _masked_states(got, got_kept)
             report.checks.append(
                 Check(label, ratio, "latexport-pt", _max_diff(got, expected), atol, _kept_mismatch(got_kept, expected_kept))
             )
@@ -162,3 +189,69 @@ def _kept_mismatch(got: list[np.ndarray], expected: list[np.ndarray]) -> Optiona
             rows = sorted({int(r) for r in np.nonzero(a != b)[0]})
             return f"layer {layer}: kept positions differ in rows {rows}"
     return None
+
+
+def validate_generation(
+    model_dir: Path, loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, atol: float, ratios: tuple[float, ...]
+) -> ValidationReport:
+    """The decoder graphs of a text2text-generation directory (module doc)."""
+    from transformers import GenerationConfig
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from latexport.generation import Seq2SeqGenerator
+
+    generator = Seq2SeqGenerator(model_dir)
+    settings = generator.settings
+    greedy = GenerationConfig(
+        decoder_start_token_id=settings["decoder_start_token_id"],
+        eos_token_id=settings["eos_token_id"],
+        pad_token_id=settings["pad_token_id"],
+        max_new_tokens=GREEDY_TOKENS,
+        do_sample=False,
+        num_beams=1,
+    )
+    report = ValidationReport()
+    rng = np.random.default_rng(1)
+    for label, feed in validation_inputs(loaded).items():
+        tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
+        batch = feed["input_ids"].shape[0]
+        decoder_ids = rng.integers(3, loaded.config.vocab_size, size=(batch, 6))
+        decoder_ids[:, 0] = settings["decoder_start_token_id"]
+        states, mask = generator.encode_states(feed, 1.0)
+        got = generator.decoder.run(
+            ["logits"], {"input_ids": decoder_ids, "encoder_hidden_states": states, "encoder_attention_mask": mask}
+        )[0]
+        with torch.no_grad():
+            expected = loaded.model(**tensors, decoder_input_ids=torch.from_numpy(decoder_ids)).logits.numpy()
+        report.checks.append(Check(label + " logits", 1.0, "transformers", _max_diff(got, expected), atol))
+
+        with torch.no_grad():
+            expected_ids = loaded.model.generate(**tensors, generation_config=greedy)
+        got_ids = generator.generate_ids(feed, 1.0, GREEDY_TOKENS).token_ids
+        report.checks.append(_greedy_check(label, 1.0, "hf greedy", got_ids, expected_ids.numpy(), settings))
+        for ratio in ratios:
+            with torch.no_grad():
+                result = lat(tensors["input_ids"], tensors["attention_mask"], None, torch.tensor(ratio))
+                expected_ids = loaded.model.generate(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=result.output),
+                    attention_mask=result.attention_mask,
+                    generation_config=greedy,
+                )
+            got_ids = generator.generate_ids(feed, ratio, GREEDY_TOKENS).token_ids
+            report.checks.append(_greedy_check(label, ratio, "pt greedy", got_ids, expected_ids.numpy(), settings))
+    return report
+
+
+def _greedy_check(label: str, ratio: float, reference: str, got: list[list[int]], expected: np.ndarray, settings) -> Check:
+    """Token-for-token comparison; ``expected`` rows start with the decoder start token."""
+    eos = settings["eos_token_id"]
+    differing, first_difference = 0, None
+    for row, (got_row, expected_row) in enumerate(zip(got, expected[:, 1:].tolist())):
+        if eos in expected_row:
+            expected_row = expected_row[: expected_row.index(eos) + 1]
+        width = max(len(got_row), len(expected_row))
+        mismatches = [t for t in range(width) if t >= len(got_row) or t >= len(expected_row) or got_row[t] != expected_row[t]]
+        differing += len(mismatches)
+        if mismatches and first_difference is None:
+            first_difference = f"greedy tokens differ in row {row} from token {mismatches[0]}"
+    return Check(label + " tokens", ratio, reference, float(differing), 0.0, first_difference)

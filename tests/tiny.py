@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
@@ -18,6 +18,9 @@ from transformers import (
     ElectraConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
+    T5Config,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
     XLMRobertaConfig,
 )
 
@@ -55,6 +58,71 @@ def tiny_tokenizer(specials: dict[str, str], max_length: int) -> PreTrainedToken
         mask_token=specials["mask"],
         model_max_length=max_length,
     )
+
+
+def tiny_t5_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style (Unigram, Metaspace) tokenizer with T5's special ids:
+    <pad> 0, </s> 1, <unk> 2, and </s> appended to every text."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + word, -3.0) for word in WORDS]
+    pieces += [(letter, -5.0) for letter in LETTERS]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+T5_VOCAB_SIZE = 4 + len(WORDS) + len(LETTERS)
+
+
+def tiny_t5_config(flan: bool = False, num_labels: int = 3, layers: int = 4, hidden: int = 32, heads: int = 4):
+    """T5 (ReLU feed-forward, tied embeddings) or Flan-T5 / T5 v1.1 (gated GELU, untied head)
+    shapes, with attention wider than hidden as in flan-t5-small (heads x d_kv != d_model)."""
+    return T5Config(
+        vocab_size=T5_VOCAB_SIZE,
+        d_model=hidden,
+        d_kv=hidden // heads + (4 if flan else 0),
+        d_ff=hidden * 2,
+        num_layers=layers,
+        num_decoder_layers=layers // 2 if flan else layers,
+        num_heads=heads,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=24,
+        feed_forward_proj="gated-gelu" if flan else "relu",
+        tie_word_embeddings=not flan,
+        num_labels=num_labels,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+
+
+def make_t5_checkpoint(
+    directory: Path, flan: bool = False, task: str = "text2text-generation", num_labels: int = 3, seed: int = 0, **sizes
+) -> Path:
+    """A tiny random T5 or Flan-T5 checkpoint for ``task``."""
+    config = tiny_t5_config(flan, num_labels=num_labels, **sizes)
+    if task == "text-classification":
+        config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(seed)
+    if task == "text-classification":
+        model = AutoModelForSequenceClassification.from_config(config)
+    elif task == "feature-extraction":
+        model = T5EncoderModel(config)
+    else:
+        model = T5ForConditionalGeneration(config)
+    _sharpen(model)
+    model.save_pretrained(directory)
+    tiny_t5_tokenizer(max_length=256).save_pretrained(directory)
+    return Path(directory)
 
 
 def _size_kwargs(layers: int, hidden: int, heads: int) -> dict:
@@ -120,6 +188,10 @@ def _sharpen(model: torch.nn.Module) -> None:
         for name, parameter in model.named_parameters():
             if name.endswith(("query.weight", "key.weight", "q_lin.weight", "k_lin.weight")):
                 parameter.mul_(8.0)
+            if name.endswith(("SelfAttention.q.weight", "SelfAttention.k.weight")):
+                parameter.mul_(3.0)
+            if name == "classification_head.out_proj.weight":
+                parameter.mul_(4.0)
             if name.startswith(("classifier.", "pre_classifier.")) and name.endswith("weight"):
                 parameter.mul_(20.0)
             if name.endswith("pooler.dense.weight"):

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from latexport.errors import UnsupportedModelError
-from latexport.families.base import TASK_CLASSIFICATION, TASK_FEATURES, TASKS, EncoderFamily, LayerShape
+from latexport.families.base import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, TASKS, EncoderFamily, LayerShape
 from latexport.families.bert import BertFamily, ElectraFamily, RobertaFamily
 from latexport.families.distilbert import DistilBertFamily
+from latexport.families.t5 import T5Family
 
-_FAMILIES: tuple[EncoderFamily, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily())
+_FAMILIES: tuple[EncoderFamily, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily(), T5Family())
 _BY_MODEL_TYPE = {model_type: family for family in _FAMILIES for model_type in family.model_types}
 
 
@@ -41,6 +42,7 @@ __all__ = [
     "TASKS",
     "TASK_CLASSIFICATION",
     "TASK_FEATURES",
+    "TASK_TEXT2TEXT",
     "family_for",
     "family_named",
     "supported_model_types",

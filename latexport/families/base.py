@@ -17,7 +17,9 @@ from torch import nn
 
 TASK_CLASSIFICATION = "text-classification"
 TASK_FEATURES = "feature-extraction"
-TASKS = (TASK_CLASSIFICATION, TASK_FEATURES)
+#: Encoder-decoder generation: the exported encoder returns its kept states and their mask.
+TASK_TEXT2TEXT = "text2text-generation"
+TASKS = (TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,12 @@ class LayerShape:
     hidden_size: int
     intermediate_size: int
     num_heads: int
+    #: Width of the attention projections (T5: heads x d_kv); 0 means ``hidden_size``.
+    attention_size: int = 0
+    #: Feed-forward weight matrices: 2, or 3 for a gated feed-forward (T5 v1.1, Llama).
+    feed_forward_matrices: int = 2
+    #: Layers of an unpruned decoder that reads the encoder (T5 classification).
+    decoder_layers: int = 0
 
 
 class EncoderFamily:
@@ -45,6 +53,8 @@ class EncoderFamily:
     output_projection_after_drop: bool = True
     #: The ``model_type`` ONNX Runtime's transformer optimizer knows this family by.
     ort_model_type: str = "bert"
+    #: The tasks latexport can export for this family.
+    tasks: tuple[str, ...] = (TASK_CLASSIFICATION, TASK_FEATURES)
 
     # --- configuration ---------------------------------------------------
     def uses_token_type_ids(self, config) -> bool:
@@ -61,6 +71,12 @@ class EncoderFamily:
     def max_positions(self, config) -> int:
         return int(config.max_position_embeddings)
 
+    def model_class(self, task: str):
+        """The transformers auto class that loads a checkpoint for ``task``."""
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification if task == TASK_CLASSIFICATION else AutoModel
+
     # --- the forward pass, in the order the layer loop calls it ---------
     def core(self, model: nn.Module) -> nn.Module:
         """The bare encoder inside a task model (``model.bert``, ...)."""
@@ -72,8 +88,12 @@ class EncoderFamily:
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.encoder.layer
 
-    def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The additive [B, 1, 1, N] mask that BERT's eager attention adds to its scores."""
+    def attention_bias(
+        self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """What the layer's attention adds to its scores: here the additive [B, 1, 1, N]
+        padding mask of BERT's eager attention.  ``positions`` ([B, N], original
+        positions of the alive word-vectors) is for families whose bias depends on them."""
         return (1.0 - valid.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
 
     def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +111,11 @@ class EncoderFamily:
         columns = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
         return (columns == 0).expand_as(valid)
 
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        """The task head on the final kept states; [CLS] is at column 0."""
+    def final_states(self, core: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Whatever the encoder applies after its last layer (post-LN encoders: nothing)."""
+        return hidden
+
+    def classify(self, model: nn.Module, hidden: torch.Tensor, valid: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The task head on the final kept states ([B, K, D], ``valid`` [B, K]); [CLS] is at column 0."""
         pooled = self.core(model).pooler(hidden)
         return model.classifier(model.dropout(pooled))

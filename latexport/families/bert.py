@@ -28,7 +28,7 @@ class RobertaFamily(EncoderFamily):
         # Positions start after the padding index, so two slots are not usable.
         return int(config.max_position_embeddings) - int(config.pad_token_id) - 1
 
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def classify(self, model: nn.Module, hidden: torch.Tensor, valid: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return model.classifier(hidden)
 
 
@@ -44,5 +44,5 @@ class ElectraFamily(EncoderFamily):
             hidden = core.embeddings_project(hidden)
         return hidden
 
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def classify(self, model: nn.Module, hidden: torch.Tensor, valid: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return model.classifier(hidden)

@@ -33,7 +33,7 @@ class DistilBertFamily(EncoderFamily):
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.transformer.layer
 
-    def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def attention_bias(self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return valid  # DistilBERT masks with (mask == 0) itself
 
     def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +44,6 @@ class DistilBertFamily(EncoderFamily):
         attention_output = layer.sa_layer_norm(mixed + residual)
         return layer.output_layer_norm(layer.ffn(attention_output) + attention_output)
 
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def classify(self, model: nn.Module, hidden: torch.Tensor, valid: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         pooled = nn.functional.relu(model.pre_classifier(hidden[:, 0]))
         return model.classifier(model.dropout(pooled))
