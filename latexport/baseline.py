@@ -5,6 +5,9 @@
   latexport starts from, without any token dropping;
 * ``optimum-O2``: optimum's export plus ONNX Runtime's transformer fusions.
 
+For text2text-generation the plain file is optimum's encoder graph, the part
+latexport prunes (the decoder graphs are optimum's in both).
+
 Exports are cached per checkpoint (path and modification time) under the
 latexport cache folder, so repeated benchmarks do not re-export.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from latexport.assets import cache_dir
 from latexport.atomic import atomic_directory
 from latexport.errors import CheckpointError
+from latexport.families import TASK_TEXT2TEXT
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,12 @@ def _export_optimum(checkpoint: str, task: str, folder: Path, optimize) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         main_export(checkpoint, folder, task=task, optimize=optimize, do_validation=False, local_files_only=os.path.isdir(checkpoint))
-    if optimize:
-        optimized = folder / "model_optimized.onnx"
-        if optimized.exists():
-            os.replace(optimized, folder / "model.onnx")
+    # An encoder-decoder export's counterpart of latexport's model.onnx is its encoder.
+    stem = "encoder_model" if (folder / "encoder_model.onnx").exists() else "model"
+    optimized = folder / f"{stem}_optimized.onnx"
+    chosen = optimized if optimize and optimized.exists() else folder / f"{stem}.onnx"
+    if chosen.exists() and chosen != folder / "model.onnx":
+        os.replace(chosen, folder / "model.onnx")
     if not (folder / "model.onnx").exists():
         raise CheckpointError(f"optimum wrote no model.onnx for {checkpoint}")
 
@@ -79,7 +85,7 @@ def _export_torch(checkpoint: str, task: str, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            loaded.model,
+            loaded.family.core(loaded.model) if task == TASK_TEXT2TEXT else loaded.model,
             args,
             str(path),
             dynamo=False,

@@ -107,6 +107,8 @@ def run(model_dir, texts, keep_ratio, target_ms, provider):
     from latexport.runtime import LatencyAdjustableSession
 
     session = LatencyAdjustableSession(model_dir, provider=provider)
+    if session.metadata.generation is not None:
+        raise click.UsageError(f"{model_dir} is a text2text-generation model; use `latexport generate`")
     start = time.perf_counter()
     if session.metadata.task == "feature-extraction":
         if target_ms is not None:
@@ -155,6 +157,36 @@ def calibrate(model_dir, batch_sizes, seq_lens, keep_ratios, repeats, threads, p
     )
     click.echo(render(model))
     click.echo(f"wrote {Path(model_dir) / 'calibration.json'}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--keep-ratio", type=float, help="Fraction of encoder word-vectors kept (default: the model's recorded ratio).")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1), help="Stop after this many new tokens.")
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", default=1.0, show_default=True, type=float, help="With --sample: softmax temperature.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0), help="With --sample: keep the k likeliest tokens (0: all).")
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="With --sample: keep the smallest set of tokens with this much probability.")
+@click.option("--seed", type=int, help="With --sample: seed for a reproducible draw.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def generate(model_dir, prompts, keep_ratio, max_new_tokens, sample, temperature, top_k, top_p, seed, provider):
+    """Continue each of PROMPTS with MODEL_DIR (a text2text-generation conversion) and print the text."""
+    from latexport.generation import Sampling, Seq2SeqGenerator
+
+    if not sample and (temperature != 1.0 or top_k or top_p != 1.0 or seed is not None):
+        raise click.UsageError("--temperature, --top-k, --top-p and --seed need --sample")
+    generator = Seq2SeqGenerator(model_dir, provider=provider)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed) if sample else None
+    result = generator.generate(list(prompts), keep_ratio=keep_ratio, max_new_tokens=max_new_tokens, sampling=sampling)
+    for text in result.texts:
+        click.echo(text)
+    kept = ", ".join(f"{kept}/{length}" for kept, length in zip(result.kept_tokens, result.prompt_tokens))
+    click.echo(
+        f"keep_ratio {result.keep_ratio:.3g}: encoder kept {kept} tokens; first token {result.first_token_ms:.1f} ms, "
+        f"total {result.total_ms:.1f} ms for {sum(len(ids) for ids in result.token_ids)} new token(s)",
+        err=True,
+    )
 
 
 @main.command()

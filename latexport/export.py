@@ -235,6 +235,11 @@ def convert(
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     loaded = load_checkpoint(checkpoint, task=task, tokenizer_source=tokenizer)
+    if loaded.task == TASK_TEXT2TEXT and (optimize or quantize or fp16):
+        raise SettingsError(
+            "--optimize, --quantize and --fp16 apply to single-graph tasks; a text2text-generation "
+            "directory's decoder graphs would stay float32 and unfused, so they are not offered for it yet"
+        )
     power = power if power is not None else finetuned_power(checkpoint) or DEFAULT_POWER
     lat = build_model(loaded, power=power, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint

@@ -106,9 +106,15 @@ class Seq2SeqGenerator:
         keep_ratio: KeepRatio = None,
         max_new_tokens: int = 32,
         sampling: Optional[Sampling] = None,
+        min_new_tokens: int = 0,
     ) -> Generation:
-        """Greedy (or, with ``sampling``, sampled) decoding from tokenised prompts."""
+        """Greedy (or, with ``sampling``, sampled) decoding from tokenised prompts.
+
+        </s> cannot end a continuation before ``min_new_tokens`` (benchmarks use it
+        to decode a fixed number of steps)."""
         max_new_tokens = check_max_new_tokens(max_new_tokens)
+        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, (int, np.integer)) or not 0 <= min_new_tokens <= max_new_tokens:
+            raise InvalidInputError(f"min_new_tokens must be a whole number in [0, max_new_tokens], got {min_new_tokens!r}")
         ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
         rng = np.random.default_rng(sampling.seed) if sampling else None
         started = time.perf_counter()
@@ -126,6 +132,9 @@ class Seq2SeqGenerator:
         generated = np.zeros((batch, 0), dtype=np.int64)
         finished = np.zeros(batch, dtype=bool)
         for step in range(max_new_tokens):
+            if step < min_new_tokens:
+                logits = logits.copy()
+                logits[:, eos] = -np.inf
             next_ids = next_tokens(logits, sampling, rng)
             next_ids = np.where(finished, pad, next_ids)
             generated = np.concatenate([generated, next_ids[:, None]], axis=1)
@@ -157,10 +166,11 @@ class Seq2SeqGenerator:
         keep_ratio: KeepRatio = None,
         max_new_tokens: int = 32,
         sampling: Optional[Sampling] = None,
+        min_new_tokens: int = 0,
     ) -> Generation:
         """Tokenise, generate and decode; ``texts`` holds each prompt's continuation."""
         inputs = self.encoder.encode(prompts)
-        result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling)
+        result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling, min_new_tokens)
         result.texts = self.encoder._tokenizer.decode_batch(result.token_ids, skip_special_tokens=True)
         return result
 

@@ -15,7 +15,15 @@ from torch import nn
 
 from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, EncoderFamily
 from latexport.profile import EliminationProfile
-from latexport.selection import keep_counts, sanitize_keep_ratio, select_tokens, select_tokens_for_export
+from latexport.selection import (
+    keep_counts,
+    relative_position_bias,
+    sanitize_keep_ratio,
+    select_tokens,
+    select_tokens_and_bias,
+    select_tokens_and_bias_for_export,
+    select_tokens_for_export,
+)
 
 POOLINGS = ("mean", "cls")
 
@@ -79,14 +87,23 @@ class LatencyAdjustableModel(nn.Module):
         positions = torch.arange(width, dtype=torch.int64, device=input_ids.device).unsqueeze(0).expand(batch, width)
         hidden = family.embed(core, input_ids, token_type_ids)
 
-        select = select_tokens_for_export if torch.jit.is_tracing() else select_tokens
+        tracing = torch.jit.is_tracing()
+        select = select_tokens_for_export if tracing else select_tokens
+        select_with_bias = select_tokens_and_bias_for_export if tracing else select_tokens_and_bias
+        distance_table = family.relative_position_table(core, width, hidden.dtype)
+        bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
         kept_positions = []
         for layer, exponent in zip(family.layers(core), self.exponents):
-            mixed, probs = family.attend(layer, hidden, family.attention_bias(core, valid, positions, hidden.dtype))
+            mask = family.attention_mask(valid, hidden.dtype) if bias is None else bias
+            mixed, probs = family.attend(layer, hidden, mask)
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
-            hidden, mixed, valid, positions = select(
-                probs, valid, family.always_keep(valid), keep, hidden, mixed, positions
-            )
+            always_keep = family.always_keep(valid)
+            if bias is None:
+                hidden, mixed, valid, positions = select(probs, valid, always_keep, keep, hidden, mixed, positions)
+            else:
+                hidden, mixed, valid, positions, bias = select_with_bias(
+                    probs, valid, always_keep, keep, hidden, mixed, positions, bias, distance_table
+                )
             hidden = family.finish(layer, mixed, hidden)
             kept_positions.append(torch.where(valid, positions, torch.full_like(positions, -1)))
 

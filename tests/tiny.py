@@ -189,7 +189,7 @@ def _sharpen(model: torch.nn.Module) -> None:
             if name.endswith(("query.weight", "key.weight", "q_lin.weight", "k_lin.weight")):
                 parameter.mul_(8.0)
             if name.endswith(("SelfAttention.q.weight", "SelfAttention.k.weight")):
-                parameter.mul_(3.0)
+                parameter.mul_(1.5)  # T5's init already gives unit-scale scores (it does not divide by sqrt(d_kv))
             if name == "classification_head.out_proj.weight":
                 parameter.mul_(4.0)
             if name.startswith(("classifier.", "pre_classifier.")) and name.endswith("weight"):

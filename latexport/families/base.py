@@ -88,13 +88,16 @@ class EncoderFamily:
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.encoder.layer
 
-    def attention_bias(
-        self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """What the layer's attention adds to its scores: here the additive [B, 1, 1, N]
-        padding mask of BERT's eager attention.  ``positions`` ([B, N], original
-        positions of the alive word-vectors) is for families whose bias depends on them."""
+    def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The additive [B, 1, 1, N] mask that BERT's eager attention adds to its scores."""
         return (1.0 - valid.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
+
+    def relative_position_table(self, core: nn.Module, width: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """For attention with a relative position bias (T5): [2 * width - 1, heads], the bias of
+        every key-minus-query distance.  The layer loop builds each layer's bias from it
+        (``selection.relative_position_bias``) and hands that to ``attend`` instead of
+        ``attention_mask``.  None: the family has no such bias."""
+        return None
 
     def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the attention mixing; return (per-token mixed states, probabilities)."""

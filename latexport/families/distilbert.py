@@ -33,7 +33,7 @@ class DistilBertFamily(EncoderFamily):
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.transformer.layer
 
-    def attention_bias(self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return valid  # DistilBERT masks with (mask == 0) itself
 
     def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,10 +3,11 @@
 What differs from BERT:
 
 * Attention has no position embeddings but a learned *relative position bias*,
-  bucketed by the distance between key and query.  After a drop the survivors
-  are no longer adjacent, so every layer recomputes the bias from the original
-  positions of the word-vectors still alive: a kept token sees exactly the
-  distances it had in the unpruned model.
+  bucketed by the distance between key and query.  The bias of every distance
+  is looked up once; a layer that drops word-vectors rebuilds its bias from
+  the survivors' original positions (``selection.select_tokens_and_bias``),
+  so a kept token sees exactly the distances it had in the unpruned model,
+  and a layer that keeps everything reuses the previous bias for free.
 * Pre-LayerNorm, and the attention module applies its output projection
   itself: the drop comes after the projection, the residual add and the
   feed-forward run on the kept word-vectors.
@@ -74,22 +75,17 @@ class T5Family(EncoderFamily):
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.block
 
-    def attention_bias(
-        self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """[B, H, N, N]: the relative position bias of the alive word-vectors, from
-        their original positions, plus the padding mask (as T5 adds both)."""
+    def relative_position_table(self, core: nn.Module, width: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The learned bias of every key-minus-query distance from -(width - 1) to width - 1."""
         attention = core.block[0].layer[0].SelfAttention  # the only layer that owns the bias table
-        relative = positions.unsqueeze(1) - positions.unsqueeze(2)  # [B, query, key]: key - query
+        distances = torch.arange(1 - width, width, dtype=torch.int64, device=attention.relative_attention_bias.weight.device)
         buckets = attention._relative_position_bucket(
-            relative,
+            distances,
             bidirectional=True,
             num_buckets=attention.relative_attention_num_buckets,
             max_distance=attention.relative_attention_max_distance,
         )
-        bias = attention.relative_attention_bias(buckets).permute(0, 3, 1, 2).to(dtype)
-        padding = (1.0 - valid.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
-        return bias + padding
+        return attention.relative_attention_bias(buckets).to(dtype)
 
     def attend(self, layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-attention including its output projection; the drop comes after it."""
