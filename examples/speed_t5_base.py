@@ -25,28 +25,21 @@ graphs/speed-t5-base-generation.json/.png, and prints the tables.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
-import matplotlib
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors  # noqa: E402
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration  # noqa: E402
-
-from latexport.assets import cache_dir  # noqa: E402
-from latexport.atomic import write_bytes_atomic, write_text_atomic  # noqa: E402
-from latexport.bench import interleaved, make_feed, plot, render  # noqa: E402
-from latexport.bench import bench as bench_encoder  # noqa: E402
-from latexport.estimate import estimated_speedup  # noqa: E402
-from latexport.export import convert  # noqa: E402
-from latexport.generation import Seq2SeqGenerator  # noqa: E402
+from latexport.assets import cache_dir
+from latexport.atomic import write_text_atomic
+from latexport.bench import bench as bench_encoder
+from latexport.bench import plot, render
+from latexport.bench_generation import bench_generation, plot_generation, render_generation
+from latexport.export import convert
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 RATIOS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)
@@ -85,83 +78,6 @@ def t5_base_checkpoint() -> Path:
     return folder
 
 
-def bench_generation(model_dir: Path, seq_len: int, new_tokens: int, repeats: int, threads: int) -> dict:
-    """Median end-to-end latency and time to first token at each ratio, interleaved."""
-    generator = Seq2SeqGenerator(model_dir, intra_op_threads=threads)
-    feed = make_feed(generator.encoder.metadata, 1, seq_len, mixed_lengths=False)
-    results: dict[str, list] = {}
-
-    def call(ratio: float):
-        result = generator.generate_ids(feed, ratio, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-        results.setdefault(f"{ratio:g}", []).append(result)
-
-    times = interleaved({f"{ratio:g}": (lambda r=ratio: call(r)) for ratio in RATIOS}, repeats=repeats, warmup=1)
-    metadata = generator.encoder.metadata
-    rows = []
-    for ratio in RATIOS:
-        timed = results[f"{ratio:g}"][-repeats:]  # the warm-up call is not timed
-        rows.append({
-            "keep_ratio": ratio,
-            "median_total_ms": float(np.median(times[f"{ratio:g}"]) * 1e3),
-            "median_first_token_ms": float(np.median([r.first_token_ms for r in timed])),
-            "median_encoder_ms": float(np.median([r.encoder_ms for r in timed])),
-            "kept_by_encoder": int(timed[0].kept_tokens[0]),
-            "new_tokens": len(timed[0].token_ids[0]),
-            "estimated_encoder_speedup": estimated_speedup(metadata.flops, metadata.profile, seq_len, ratio),
-        })
-    full = rows[0]
-    for row in rows:
-        row["total_speedup"] = full["median_total_ms"] / row["median_total_ms"]
-        row["first_token_speedup"] = full["median_first_token_ms"] / row["median_first_token_ms"]
-        row["decoding_ms_per_token"] = (row["median_total_ms"] - row["median_first_token_ms"]) / max(1, row["new_tokens"] - 1)
-    return {"model_dir": str(model_dir), "seq_len": seq_len, "new_tokens": new_tokens, "threads": threads,
-            "repeats": repeats, "rows": rows}
-
-
-def render_generation(result: dict) -> str:
-    lines = [
-        f"T5-base generation: prompt {result['seq_len']} tokens, {result['new_tokens']} new tokens, batch 1, "
-        f"{result['threads']} threads, {result['repeats']} interleaved repeats (medians)",
-        f"{'keep_ratio':>10} {'kept':>5} {'encoder ms':>11} {'1st token ms':>13} {'ms/token':>9} {'total ms':>9} "
-        f"{'total x':>8} {'1st tok x':>10} {'enc. est.':>10}",
-    ]
-    for row in result["rows"]:
-        lines.append(
-            f"{row['keep_ratio']:>10g} {row['kept_by_encoder']:>5} {row['median_encoder_ms']:>11.1f} "
-            f"{row['median_first_token_ms']:>13.1f} {row['decoding_ms_per_token']:>9.1f} {row['median_total_ms']:>9.1f} "
-            f"{row['total_speedup']:>7.2f}x {row['first_token_speedup']:>9.2f}x {row['estimated_encoder_speedup']:>9.2f}x"
-        )
-    return "\n".join(lines)
-
-
-def plot_generation(result: dict, path: Path) -> None:
-    rows = result["rows"]
-    ratios = [row["keep_ratio"] for row in rows]
-    figure, (latency_axis, speedup_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    latency_axis.plot(ratios, [r["median_total_ms"] for r in rows], marker="o", label=f"total ({result['new_tokens']} new tokens)")
-    latency_axis.plot(ratios, [r["median_first_token_ms"] for r in rows], marker="s", label="time to first token")
-    latency_axis.plot(ratios, [r["median_encoder_ms"] for r in rows], marker="^", label="encoder")
-    latency_axis.set_xlabel("keep_ratio")
-    latency_axis.set_ylabel("median ms")
-    latency_axis.invert_xaxis()
-    latency_axis.legend()
-    speedup_axis.plot(ratios, [r["total_speedup"] for r in rows], marker="o", label="total")
-    speedup_axis.plot(ratios, [r["first_token_speedup"] for r in rows], marker="s", label="time to first token")
-    speedup_axis.plot(ratios, [r["estimated_encoder_speedup"] for r in rows], "--", label="encoder estimate (FLOPs)")
-    speedup_axis.set_xlabel("keep_ratio")
-    speedup_axis.set_ylabel("speedup vs keep_ratio 1")
-    speedup_axis.invert_xaxis()
-    speedup_axis.legend()
-    figure.suptitle(f"T5-base shape, generation from a {result['seq_len']}-token prompt, CPU {result['threads']} threads")
-    figure.tight_layout()
-    from io import BytesIO
-
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq-len", type=int, default=512)
@@ -187,10 +103,16 @@ def main() -> None:
     write_text_atomic(GRAPHS / f"{stem}.json", encoder.to_json())
     plot(encoder, GRAPHS / f"{stem}.png", title=f"T5-base encoder, batch 1, sequence {args.seq_len}, CPU {args.threads} threads")
 
-    generation = bench_generation(result.out_dir, args.seq_len, args.new_tokens, max(3, args.repeats // 2), args.threads)
+    generation = bench_generation(
+        result.out_dir, prompt_tokens=args.seq_len, new_tokens=args.new_tokens, keep_ratios=RATIOS,
+        repeats=max(3, args.repeats // 2), threads=args.threads,
+    )
     print(render_generation(generation))
-    write_text_atomic(GRAPHS / "speed-t5-base-generation.json", json.dumps(generation, indent=2))
-    plot_generation(generation, GRAPHS / "speed-t5-base-generation.png")
+    write_text_atomic(GRAPHS / "speed-t5-base-generation.json", generation.to_json())
+    plot_generation(
+        generation, GRAPHS / "speed-t5-base-generation.png",
+        title=f"T5-base shape, {args.seq_len}-token prompt, {args.new_tokens} new tokens, CPU {args.threads} threads",
+    )
 
 
 if __name__ == "__main__":

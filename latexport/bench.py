@@ -15,12 +15,14 @@ import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import onnxruntime as ort
 
+from latexport.atomic import write_bytes_atomic
 from latexport.errors import InvalidInputError
 from latexport.estimate import estimated_speedup
 from latexport.memory import measure_peak_memory
@@ -58,6 +60,8 @@ class BenchResult:
     fastest_baseline: Optional[str]
     rows: list[Measurement] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
+    #: The timed file's task (a text2text-generation file is its encoder).
+    task: Optional[str] = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -201,6 +205,7 @@ def bench(
         repeats=repeats,
         baseline_names=baseline_names,
         fastest_baseline=fastest,
+        task=metadata.task,
         environment={
             "onnxruntime": ort.__version__,
             "machine": platform.machine(),
@@ -289,6 +294,8 @@ def plot(result: BenchResult, path: Path, title: Optional[str] = None) -> None:
     axis.legend(fontsize=8)
     axis.set_title(title or f"batch {result.batch}, sequence {result.seq_len}, {result.provider}")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -219,8 +219,10 @@ def inspect(model_dir, keep_ratio, seq_len):
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write the plot (PNG) here instead.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure each variant's peak memory in a fresh process.")
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Another latexport directory (say, its int8 variant) to time at the same ratios (repeatable).")
+@click.option("--new-tokens", default=16, show_default=True, type=click.IntRange(0),
+              help="text2text-generation models: then time generating this many tokens from a --seq-len prompt (0: skip).")
 def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths,
-          graphs_dir, json_path, plot_path, memory, compare):
+          graphs_dir, json_path, plot_path, memory, compare, new_tokens):
     """Measure MODEL_DIR's latency at each keep ratio, interleaved with optional plain baselines;
     prints a table and writes JSON and a plot."""
     from latexport import bench as benchmark
@@ -241,6 +243,18 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
     write_text_atomic(json_path, result.to_json())
     benchmark.plot(result, plot_path)
     click.echo(f"wrote {json_path} and {plot_path}")
+    if new_tokens and result.task == "text2text-generation":
+        from latexport.bench_generation import bench_generation, plot_generation, render_generation
+
+        generation = bench_generation(
+            model_dir, prompt_tokens=seq_len, new_tokens=new_tokens, batch=batch, keep_ratios=keep_ratios,
+            provider=provider, repeats=max(3, repeats // 4), threads=threads,
+        )
+        click.echo(render_generation(generation))
+        generation_json, generation_plot = (path.with_name(path.stem + "-generation" + path.suffix) for path in (json_path, plot_path))
+        write_text_atomic(generation_json, generation.to_json())
+        plot_generation(generation, generation_plot)
+        click.echo(f"wrote {generation_json} and {generation_plot}")
 
 
 @main.command()

@@ -294,3 +294,23 @@ def test_a_fresh_t5_shape_converts_with_default_task_inferred(tmp_path):
     checkpoint = make_t5_checkpoint(tmp_path / "ckpt", flan=True, layers=6, hidden=48, heads=3, seed=9)
     result = convert(str(checkpoint), tmp_path / "out", validation_ratios=(0.5,))
     assert result.metadata.task == "text2text-generation" and result.report.passed
+
+
+def test_bench_times_the_encoder_and_then_generation(t5_converted, tmp_path):
+    out_dir = t5_converted[("t5", "text2text-generation")].out_dir
+    result = CliRunner().invoke(main, [
+        "bench", str(out_dir), "--seq-len", "48", "--keep-ratios", "1,0.5,0.1", "--repeats", "4", "--no-memory",
+        "--new-tokens", "5", "--graphs", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    encoder = json.loads((tmp_path / f"bench-{out_dir.name}-b1-s48.json").read_text())
+    assert encoder["task"] == "text2text-generation" and len(encoder["rows"]) == 3
+    generation = json.loads((tmp_path / f"bench-{out_dir.name}-b1-s48-generation.json").read_text())
+    assert (tmp_path / f"bench-{out_dir.name}-b1-s48-generation.png").stat().st_size > 0
+    profile = EliminationProfile(num_layers=4)
+    assert [row["keep_ratio"] for row in generation["rows"]] == [1.0, 0.5, 0.1]
+    assert [row["kept_by_encoder"] for row in generation["rows"]] == [profile.kept_counts(48, r)[-1] for r in (1.0, 0.5, 0.1)]
+    assert generation["rows"][0]["total_speedup"] == 1.0 and generation["new_tokens"] == 5
+    for row in generation["rows"]:
+        assert 0 < row["median_encoder_ms"] < row["median_first_token_ms"] < row["median_total_ms"]
+        assert row["decode_tokens_per_s"] > 0
