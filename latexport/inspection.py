@@ -50,12 +50,19 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         f"family / task       {metadata.family} / {metadata.task}"
         + (f" ({metadata.problem_type})" if metadata.problem_type else "")
         + (f", {metadata.pooling} pooling" if metadata.pooling else ""),
-        f"inputs -> output    {', '.join(metadata.input_names)} -> {metadata.output_name}",
+        f"inputs -> output    {', '.join(metadata.input_names)} -> {', '.join(metadata.output_names)}",
         f"labels              {', '.join(metadata.labels) if metadata.labels else '-'}",
         f"max length          {metadata.max_length}",
         f"profile             kept fraction after layer l = keep_ratio ** ((l / {profile.num_layers}) ** {profile.power:g})",
         f"default keep_ratio  {metadata.default_keep_ratio:g}",
         f"graph variant       {' + '.join(metadata.optimizations) or 'float32, unfused'}",
+    ]
+    if metadata.generation is not None:
+        lines.append(
+            f"decoder graphs      {metadata.generation['decoder']}, {metadata.generation['decoder_with_past']} "
+            "(the estimates below are the encoder's)"
+        )
+    lines += [
         "",
         f"At keep_ratio {keep_ratio:g} and {seq_len} tokens:",
         f"{'layer':>5} {'entering':>9} {'kept':>6}",

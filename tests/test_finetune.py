@@ -167,3 +167,17 @@ def test_lat_recipe_samples_the_smallest_ratio_and_log_uniform_others():
     assert ratios[0] == 0.05 and all(0.05 <= r <= 1.0 for r in ratios)
     logs = np.log(ratios[1:])
     assert abs(np.mean(logs) - np.log(0.05) / 2) < 0.25  # log-uniform: mean of log is halfway
+
+
+def test_a_t5_classifier_fine_tunes_and_converts(tmp_path, data):
+    """The family loop trains T5ForSequenceClassification (encoder pruned, decoder read at the last </s>)."""
+    from tiny import make_t5_checkpoint
+
+    checkpoint = make_t5_checkpoint(tmp_path / "t5", flan=True, task="feature-extraction")
+    out = tmp_path / "lat"
+    result = finetune(str(checkpoint), out, data["train"], data["validation"],
+                      settings=FinetuneSettings(**{**SMALL, "epochs": 2}), progress=False)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["T5ForSequenceClassification"]
+    assert result.steps == 12 and set(result.validation) >= {"1.0", "0.1"}
+    converted = convert(str(out), tmp_path / "onnx")
+    assert converted.report.passed and converted.metadata.labels == ["negative", "positive"]
