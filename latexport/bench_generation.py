@@ -1,8 +1,9 @@
-"""``latexport bench`` for text2text-generation: end-to-end generation against keep_ratio.
+"""``latexport bench`` for generation: end-to-end generation against keep_ratio.
 
-Each call encodes one prompt at the ratio, runs the first decoder step (which
-also computes every layer's cross-attention keys and values from the kept
-encoder states) and then ``new_tokens - 1`` cached steps.  </s> is suppressed
+Each call runs the pruned prompt pass at the ratio (an encoder-decoder's
+encoder and first decoder step, which computes every layer's cross-attention
+keys and values from the kept states; a decoder-only model's prefill), then
+``new_tokens - 1`` cached steps.  </s> is suppressed
 so every call decodes the same number of tokens.  Ratios are interleaved in
 shuffled rounds after a warm-up, as in ``latexport.bench``, and the figures
 are medians: total latency, time to the first token, encoder time and the
@@ -23,7 +24,7 @@ import onnxruntime as ort
 from latexport.atomic import write_bytes_atomic
 from latexport.bench import interleaved, make_feed
 from latexport.estimate import estimated_speedup
-from latexport.generation import Seq2SeqGenerator
+from latexport.generation import open_generator
 
 DEFAULT_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)
 
@@ -31,16 +32,17 @@ DEFAULT_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)
 @dataclass
 class GenerationMeasurement:
     keep_ratio: float
-    kept_by_encoder: int
+    #: Word-vectors the last layer kept (encoder) or attends to (decoder-only cache).
+    kept: int
     median_total_ms: float
     median_first_token_ms: float
-    median_encoder_ms: float
+    median_prompt_ms: float
     #: Tokens per second after the first token (the cached decoding steps).
     decode_tokens_per_s: float
     total_speedup: float = 1.0
     first_token_speedup: float = 1.0
-    #: The FLOPs model's speedup of the encoder alone.
-    estimated_encoder_speedup: float = 1.0
+    #: The FLOPs model's speedup of the pruned prompt pass (the encoder, or the prefill).
+    estimated_prompt_speedup: float = 1.0
 
 
 @dataclass
@@ -71,8 +73,8 @@ def bench_generation(
     threads: int = 0,
 ) -> GenerationBenchResult:
     """Time generation from random ``prompt_tokens``-token prompts at each ratio (module doc)."""
-    generator = Seq2SeqGenerator(model_dir, provider=provider, intra_op_threads=threads)
-    metadata = generator.encoder.metadata
+    generator = open_generator(model_dir, provider=provider, intra_op_threads=threads)
+    metadata = (generator.encoder if hasattr(generator, "encoder") else generator.prompt).metadata
     feed = make_feed(metadata, batch, prompt_tokens, mixed_lengths=False)
     ratios = tuple(dict.fromkeys((1.0, *keep_ratios)))
     runs: dict[str, list] = {f"{ratio:g}": [] for ratio in ratios}
@@ -93,12 +95,12 @@ def bench_generation(
         result.rows.append(
             GenerationMeasurement(
                 keep_ratio=ratio,
-                kept_by_encoder=int(timed[0].kept_tokens[0]),
+                kept=int(timed[0].kept_tokens[0]),
                 median_total_ms=total,
                 median_first_token_ms=first,
-                median_encoder_ms=float(np.median([run.encoder_ms for run in timed])),
+                median_prompt_ms=float(np.median([run.prompt_ms for run in timed])),
                 decode_tokens_per_s=batch * (new_tokens - 1) / float(np.median(decoding)) if new_tokens > 1 else float("nan"),
-                estimated_encoder_speedup=estimated_speedup(metadata.flops, metadata.profile, prompt_tokens, ratio),
+                estimated_prompt_speedup=estimated_speedup(metadata.flops, metadata.profile, prompt_tokens, ratio),
             )
         )
     full = result.rows[0]
@@ -113,14 +115,14 @@ def render_generation(result: GenerationBenchResult) -> str:
         f"{result.model_dir}: generation, batch {result.batch}, prompt {result.prompt_tokens} tokens, "
         f"{result.new_tokens} new tokens, provider {result.provider}, threads {result.threads or 'auto'}, "
         f"{result.repeats} interleaved repeats (medians)",
-        f"{'keep_ratio':>10} {'kept':>5} {'encoder ms':>11} {'1st token ms':>13} {'decode tok/s':>13} {'total ms':>9} "
-        f"{'total':>7} {'1st token':>10} {'encoder est.':>13}",
+        f"{'keep_ratio':>10} {'kept':>5} {'prompt ms':>10} {'1st token ms':>13} {'decode tok/s':>13} {'total ms':>9} "
+        f"{'total':>7} {'1st token':>10} {'prompt est.':>12}",
     ]
     for row in result.rows:
         lines.append(
-            f"{row.keep_ratio:>10g} {row.kept_by_encoder:>5} {row.median_encoder_ms:>11.1f} {row.median_first_token_ms:>13.1f} "
+            f"{row.keep_ratio:>10g} {row.kept:>5} {row.median_prompt_ms:>10.1f} {row.median_first_token_ms:>13.1f} "
             f"{row.decode_tokens_per_s:>13.1f} {row.median_total_ms:>9.1f} {row.total_speedup:>6.2f}x "
-            f"{row.first_token_speedup:>9.2f}x {row.estimated_encoder_speedup:>12.2f}x"
+            f"{row.first_token_speedup:>9.2f}x {row.estimated_prompt_speedup:>11.2f}x"
         )
     return "\n".join(lines)
 
@@ -137,11 +139,11 @@ def plot_generation(result: GenerationBenchResult, path: Path, title: Optional[s
     figure, (latency_axis, speedup_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     latency_axis.plot(ratios, [r.median_total_ms for r in rows], marker="o", label=f"total ({result.new_tokens} new tokens)")
     latency_axis.plot(ratios, [r.median_first_token_ms for r in rows], marker="s", label="time to first token")
-    latency_axis.plot(ratios, [r.median_encoder_ms for r in rows], marker="^", label="encoder")
+    latency_axis.plot(ratios, [r.median_prompt_ms for r in rows], marker="^", label="prompt pass")
     latency_axis.set_ylabel("median ms")
     speedup_axis.plot(ratios, [r.total_speedup for r in rows], marker="o", label="total")
     speedup_axis.plot(ratios, [r.first_token_speedup for r in rows], marker="s", label="time to first token")
-    speedup_axis.plot(ratios, [r.estimated_encoder_speedup for r in rows], "--", label="encoder estimate (FLOPs model)")
+    speedup_axis.plot(ratios, [r.estimated_prompt_speedup for r in rows], "--", label="prompt pass estimate (FLOPs model)")
     speedup_axis.set_ylabel("speedup vs keep_ratio 1")
     for axis in (latency_axis, speedup_axis):
         axis.set_xlabel("keep_ratio")

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 from latexport.errors import CheckpointError, UnsupportedModelError
-from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, TASKS, EncoderFamily, family_for
+from latexport.families import (
+    TASK_CLASSIFICATION,
+    TASK_FEATURES,
+    TASK_GENERATION,
+    TASK_TEXT2TEXT,
+    TASKS,
+    EncoderFamily,
+    family_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ def infer_task(config, family: EncoderFamily) -> str:
         return TASK_CLASSIFICATION
     if TASK_TEXT2TEXT in family.tasks and any(name.endswith("ForConditionalGeneration") for name in architectures):
         return TASK_TEXT2TEXT
+    if TASK_GENERATION in family.tasks:  # a decoder-only checkpoint is for generation unless it says otherwise
+        return TASK_GENERATION
     return TASK_FEATURES
 
 
@@ -89,6 +99,11 @@ def load_checkpoint(checkpoint: str, task: Optional[str] = None, tokenizer_sourc
         )
     model = _load_model(checkpoint, family.model_class(task))
     tokenizer = load_tokenizer(tokenizer_source or checkpoint)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2 and Llama tokenizers have no padding token; padding is masked, so any id will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedCheckpoint(config=model.config, model=model, tokenizer=tokenizer, family=family, task=task)
 
 

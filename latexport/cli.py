@@ -69,7 +69,7 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("checkpoint")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
-@click.option("--task", type=click.Choice(["text-classification", "feature-extraction", "text2text-generation"]), help="Default: from the checkpoint.")
+@click.option("--task", type=click.Choice(["text-classification", "feature-extraction", "text2text-generation", "text-generation"]), help="Default: from the checkpoint.")
 @click.option("--atol", default=1e-4, show_default=True, help="Validation tolerance on logits/embeddings.")
 @click.option("--power", type=float, help="Elimination profile shape: fraction(l) = keep_ratio ** ((l/L) ** power) (default: the fine-tuning run's, else 1.5).")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Feature extraction pooling (default: the checkpoint's, else mean).")
@@ -108,7 +108,7 @@ def run(model_dir, texts, keep_ratio, target_ms, provider):
 
     session = LatencyAdjustableSession(model_dir, provider=provider)
     if session.metadata.generation is not None:
-        raise click.UsageError(f"{model_dir} is a text2text-generation model; use `latexport generate`")
+        raise click.UsageError(f"{model_dir} is a {session.metadata.task} model; use `latexport generate`")
     start = time.perf_counter()
     if session.metadata.task == "feature-extraction":
         if target_ms is not None:
@@ -162,7 +162,7 @@ def calibrate(model_dir, batch_sizes, seq_lens, keep_ratios, repeats, threads, p
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("prompts", nargs=-1, required=True)
-@click.option("--keep-ratio", type=float, help="Fraction of encoder word-vectors kept (default: the model's recorded ratio).")
+@click.option("--keep-ratio", type=float, help="Fraction of prompt word-vectors kept by the last layer (default: the model's recorded ratio).")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1), help="Stop after this many new tokens.")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="With --sample: softmax temperature.")
@@ -171,19 +171,19 @@ def calibrate(model_dir, batch_sizes, seq_lens, keep_ratios, repeats, threads, p
 @click.option("--seed", type=int, help="With --sample: seed for a reproducible draw.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def generate(model_dir, prompts, keep_ratio, max_new_tokens, sample, temperature, top_k, top_p, seed, provider):
-    """Continue each of PROMPTS with MODEL_DIR (a text2text-generation conversion) and print the text."""
-    from latexport.generation import Sampling, Seq2SeqGenerator
+    """Continue each of PROMPTS with MODEL_DIR (a text-generation or text2text-generation conversion) and print the text."""
+    from latexport.generation import Sampling, open_generator
 
     if not sample and (temperature != 1.0 or top_k or top_p != 1.0 or seed is not None):
         raise click.UsageError("--temperature, --top-k, --top-p and --seed need --sample")
-    generator = Seq2SeqGenerator(model_dir, provider=provider)
+    generator = open_generator(model_dir, provider=provider)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed) if sample else None
     result = generator.generate(list(prompts), keep_ratio=keep_ratio, max_new_tokens=max_new_tokens, sampling=sampling)
     for text in result.texts:
         click.echo(text)
     kept = ", ".join(f"{kept}/{length}" for kept, length in zip(result.kept_tokens, result.prompt_tokens))
     click.echo(
-        f"keep_ratio {result.keep_ratio:.3g}: encoder kept {kept} tokens; first token {result.first_token_ms:.1f} ms, "
+        f"keep_ratio {result.keep_ratio:.3g}: kept {kept} prompt tokens; first token {result.first_token_ms:.1f} ms, "
         f"total {result.total_ms:.1f} ms for {sum(len(ids) for ids in result.token_ids)} new token(s)",
         err=True,
     )
@@ -220,7 +220,7 @@ def inspect(model_dir, keep_ratio, seq_len):
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Measure each variant's peak memory in a fresh process.")
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Another latexport directory (say, its int8 variant) to time at the same ratios (repeatable).")
 @click.option("--new-tokens", default=16, show_default=True, type=click.IntRange(0),
-              help="text2text-generation models: then time generating this many tokens from a --seq-len prompt (0: skip).")
+              help="Generation models: then time generating this many tokens from a --seq-len prompt (0: skip).")
 def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths,
           graphs_dir, json_path, plot_path, memory, compare, new_tokens):
     """Measure MODEL_DIR's latency at each keep ratio, interleaved with optional plain baselines;
@@ -243,7 +243,7 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
     write_text_atomic(json_path, result.to_json())
     benchmark.plot(result, plot_path)
     click.echo(f"wrote {json_path} and {plot_path}")
-    if new_tokens and result.task == "text2text-generation":
+    if new_tokens and result.task in ("text2text-generation", "text-generation"):
         from latexport.bench_generation import bench_generation, plot_generation, render_generation
 
         generation = bench_generation(

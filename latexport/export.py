@@ -24,8 +24,9 @@ from latexport.atomic import atomic_directory, check_target_free
 from latexport.checkpoint import LoadedCheckpoint, finetuned_power, load_checkpoint, sentence_transformers_pooling
 from latexport.errors import SettingsError, ValidationError
 from latexport.estimate import FlopsModel
-from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_GENERATION, TASK_TEXT2TEXT
 from latexport.metadata import ENCODER_MASK_OUTPUT, ModelMetadata
+from latexport.decoding import PrefillWrapper, cache_axes, export_decode_step
 from latexport.model import ExportWrapper, LatencyAdjustableModel
 from latexport.optimize import (
     OPTIMIZATION_TARGETS,
@@ -39,7 +40,14 @@ from latexport.optimize import (
 )
 from latexport.passes import finish_saved_model, hide_outputs, set_metadata, with_int64_outputs
 from latexport.profile import DEFAULT_POWER, EliminationProfile
-from latexport.validate import DEFAULT_RATIOS, ValidationReport, validate_export, validate_generation, validation_inputs
+from latexport.validate import (
+    DEFAULT_RATIOS,
+    ValidationReport,
+    validate_causal_generation,
+    validate_export,
+    validate_generation,
+    validation_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,12 @@ MODEL_FILE = "model.onnx"
 #: text2text-generation: optimum's decoder graphs, beside model.onnx (the encoder).
 DECODER_FILE = "decoder_model.onnx"
 DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
-OUTPUT_NAMES = {TASK_CLASSIFICATION: "logits", TASK_FEATURES: "sentence_embedding", TASK_TEXT2TEXT: "last_hidden_state"}
+OUTPUT_NAMES = {
+    TASK_CLASSIFICATION: "logits",
+    TASK_FEATURES: "sentence_embedding",
+    TASK_TEXT2TEXT: "last_hidden_state",
+    TASK_GENERATION: "logits",
+}
 
 
 @dataclass
@@ -101,19 +114,21 @@ def describe(
         problem_type=loaded.problem_type,
         source=source,
         optimizations=list(optimizations),
-        generation=generation_settings(loaded.config) if loaded.task == TASK_TEXT2TEXT else None,
+        generation=generation_settings(loaded) if loaded.task in (TASK_TEXT2TEXT, TASK_GENERATION) else None,
     )
 
 
-def generation_settings(config) -> dict:
+def generation_settings(loaded: LoadedCheckpoint) -> dict:
     """What the runtime's generation loop needs to know beyond the graphs."""
-    return {
-        "decoder": DECODER_FILE,
+    eos = loaded.config.eos_token_id
+    settings = {
         "decoder_with_past": DECODER_WITH_PAST_FILE,
-        "decoder_start_token_id": int(config.decoder_start_token_id),
-        "eos_token_id": int(config.eos_token_id),
-        "pad_token_id": int(config.pad_token_id),
+        "eos_token_id": int(eos[0] if isinstance(eos, (list, tuple)) else eos),
+        "pad_token_id": int(loaded.tokenizer.pad_token_id),
     }
+    if loaded.task == TASK_TEXT2TEXT:
+        settings.update(decoder=DECODER_FILE, decoder_start_token_id=int(loaded.config.decoder_start_token_id))
+    return settings
 
 
 def export_onnx(
@@ -135,7 +150,10 @@ def export_onnx(
     traced ratio; validation at several ratios proves it.
     """
     with_token_types = "token_type_ids" in metadata.input_names
-    wrapper = ExportWrapper(lat, with_token_type_ids=with_token_types, with_kept_positions=True).eval()
+    if metadata.task == TASK_GENERATION:
+        wrapper = PrefillWrapper(lat).eval()
+    else:
+        wrapper = ExportWrapper(lat, with_token_type_ids=with_token_types, with_kept_positions=True).eval()
     batch, width = 2, min(16, metadata.max_length)
     input_ids = torch.full((batch, width), 5, dtype=torch.int64)
     attention_mask = torch.ones((batch, width), dtype=torch.int64)
@@ -148,9 +166,11 @@ def export_onnx(
     data_inputs = [name for name in metadata.input_names if name != "keep_ratio"]
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in data_inputs}
     dynamic_axes[metadata.output_name] = {0: "batch"}
-    if metadata.generation is not None:
+    if metadata.task == TASK_TEXT2TEXT:
         dynamic_axes[metadata.output_name] = {0: "batch", 1: "kept"}
         dynamic_axes[ENCODER_MASK_OUTPUT] = {0: "batch", 1: "kept"}
+    if metadata.task == TASK_GENERATION:
+        dynamic_axes.update(cache_axes(metadata.profile.num_layers, "present"))
     for layer, tap in enumerate(metadata.kept_positions_taps):
         dynamic_axes[tap] = {0: "batch", 1: f"kept_{layer}"}
 
@@ -235,10 +255,10 @@ def convert(
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     loaded = load_checkpoint(checkpoint, task=task, tokenizer_source=tokenizer)
-    if loaded.task == TASK_TEXT2TEXT and (optimize or quantize or fp16):
+    if loaded.task in (TASK_TEXT2TEXT, TASK_GENERATION) and (optimize or quantize or fp16):
         raise SettingsError(
-            "--optimize, --quantize and --fp16 apply to single-graph tasks; a text2text-generation "
-            "directory's decoder graphs would stay float32 and unfused, so they are not offered for it yet"
+            f"--optimize, --quantize and --fp16 apply to single-graph tasks; a {loaded.task} "
+            "directory's decoder graph would stay float32 and unfused, so they are not offered for it yet"
         )
     power = power if power is not None else finetuned_power(checkpoint) or DEFAULT_POWER
     lat = build_model(loaded, power=power, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
@@ -252,9 +272,12 @@ def convert(
         report = validate_export(
             scratch / MODEL_FILE, loaded, lat, metadata.output_name, metadata.kept_positions_taps, atol, validation_ratios
         )
-        if metadata.generation is not None:
+        if metadata.task == TASK_TEXT2TEXT:
             export_decoders(checkpoint, scratch)
             report.checks.extend(validate_generation(scratch, loaded, lat, atol, validation_ratios).checks)
+        if metadata.task == TASK_GENERATION:
+            export_decode_step(lat, scratch / DECODER_WITH_PAST_FILE, OPSET)
+            report.checks.extend(validate_causal_generation(scratch, loaded, lat, atol, validation_ratios).checks)
         if not report.passed:
             if not keep_invalid:
                 raise ValidationError(f"{checkpoint}: the exported graph failed validation", report.render())

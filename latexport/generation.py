@@ -1,15 +1,21 @@
-"""Text generation with a pruned encoder: onnxruntime, numpy and tokenizers only.
+"""Text generation with a pruned prompt pass: onnxruntime, numpy and tokenizers only.
 
-    from latexport.generation import Seq2SeqGenerator
-    generator = Seq2SeqGenerator("out/flan-t5")
+    from latexport.generation import open_generator
+    generator = open_generator("out/flan-t5")          # or a decoder-only directory
     generator.generate("translate English to German: the house is small", keep_ratio=0.5).texts
 
-The encoder (``model.onnx``) runs once per prompt at the chosen keep_ratio and
-returns the kept word-vectors with their mask.  The decoder graphs cross-attend
-to those only: the first step builds every layer's cache (its cross-attention
-keys and values are computed once, from the kept states), and each further step
-appends one token to the self-attention cache.  A lower keep_ratio therefore
-shortens the encoder pass and every decoding step.
+Encoder-decoder (``Seq2SeqGenerator``): the encoder (``model.onnx``) runs once
+per prompt at the chosen keep_ratio and returns the kept word-vectors with
+their mask.  The decoder graphs cross-attend to those only: the first step
+builds every layer's cache (its cross-attention keys and values are computed
+once, from the kept states), and each further step appends one token to the
+self-attention cache.
+
+Decoder-only (``CausalGenerator``): the prompt pass (``model.onnx``) drops word-
+vectors layer by layer and returns the next token's logits and every layer's
+key/value cache with its mask (lengths differ by layer); the decode step
+(``decoder_with_past_model.onnx``) appends one token to every layer's cache.
+Positions count real tokens, so prompts may be padded on either side.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from latexport.errors import InvalidInputError, ModelDirectoryError
-from latexport.metadata import ENCODER_MASK_OUTPUT
+from latexport.metadata import ENCODER_MASK_OUTPUT, cache_names
 from latexport.runtime import KeepRatio, LatencyAdjustableSession, check_keep_ratio, choose_providers, load_session
 
 #: A bound on generated tokens, so that a typo cannot make a call run for hours.
@@ -55,37 +61,38 @@ class Generation:
     """Generated continuations of a batch of prompts, with where the time went."""
 
     texts: list[str]
-    #: The new tokens of each prompt, up to and including </s> when it came.
+    #: The new tokens of each prompt, up to and including the end token when it came.
     token_ids: list[list[int]]
     keep_ratio: float
-    #: Encoder word-vectors each prompt kept (after the last layer) / its length.
+    #: Word-vectors of each prompt that the last layer kept (encoder-decoder) or
+    #: attends to (decoder-only: its cache), against the prompt's length.
     kept_tokens: list[int] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
-    encoder_ms: float = 0.0
-    #: Encoder plus the first decoding step: the time to the first token.
+    #: The pruned prompt pass: the encoder, or a decoder-only model's prefill.
+    prompt_ms: float = 0.0
+    #: Until the first new token is chosen: the time to first token.
     first_token_ms: float = 0.0
     total_ms: float = 0.0
+    #: The logits the first new token was chosen from [B, vocab].
+    first_logits: Optional[np.ndarray] = None
 
 
 class Seq2SeqGenerator:
     """A converted text2text-generation directory (``latexport convert --task text2text-generation``)."""
 
+    task = "text2text-generation"
+
     def __init__(
-        self, model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn"
+        self, model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn",
+        session: Optional[LatencyAdjustableSession] = None,
     ):
-        self.encoder = LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
+        self.encoder = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
         self.model_dir = self.encoder.model_dir
-        settings = self.encoder.metadata.generation
-        if settings is None:
-            raise ModelDirectoryError(
-                f"{self.model_dir} holds a {self.encoder.metadata.task} model; generation needs a conversion "
-                "with --task text2text-generation"
-            )
-        self.settings = settings
+        self.settings = _generation_settings(self.encoder, self.task)
         options = self.encoder.session.get_session_options()
         providers = choose_providers(provider)
-        self.decoder = load_session(self.model_dir / settings["decoder"], providers, options)
-        self.decoder_with_past = load_session(self.model_dir / settings["decoder_with_past"], providers, options)
+        self.decoder = load_session(self.model_dir / self.settings["decoder"], providers, options)
+        self.decoder_with_past = load_session(self.model_dir / self.settings["decoder_with_past"], providers, options)
         self._present_names = [output.name for output in self.decoder.get_outputs()][1:]
         self._self_attention_present = [output.name for output in self.decoder_with_past.get_outputs()][1:]
 
@@ -110,54 +117,29 @@ class Seq2SeqGenerator:
     ) -> Generation:
         """Greedy (or, with ``sampling``, sampled) decoding from tokenised prompts.
 
-        </s> cannot end a continuation before ``min_new_tokens`` (benchmarks use it
-        to decode a fixed number of steps)."""
-        max_new_tokens = check_max_new_tokens(max_new_tokens)
-        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, (int, np.integer)) or not 0 <= min_new_tokens <= max_new_tokens:
-            raise InvalidInputError(f"min_new_tokens must be a whole number in [0, max_new_tokens], got {min_new_tokens!r}")
+        The end token cannot end a continuation before ``min_new_tokens`` (benchmarks
+        use it to decode a fixed number of steps)."""
+        max_new_tokens, min_new_tokens = check_token_counts(max_new_tokens, min_new_tokens)
         ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
-        rng = np.random.default_rng(sampling.seed) if sampling else None
         started = time.perf_counter()
         states, mask = self.encode_states(inputs, ratio)
-        encoder_ms = (time.perf_counter() - started) * 1e3
-        batch = states.shape[0]
-        eos, pad = self.settings["eos_token_id"], self.settings["pad_token_id"]
-        start_ids = np.full((batch, 1), self.settings["decoder_start_token_id"], dtype=np.int64)
+        prompt_ms = (time.perf_counter() - started) * 1e3
+        start_ids = np.full((states.shape[0], 1), self.settings["decoder_start_token_id"], dtype=np.int64)
         outputs = self.decoder.run(
             None, {"input_ids": start_ids, "encoder_hidden_states": states, "encoder_attention_mask": mask}
         )
         past = {name.replace("present.", "past_key_values."): value for name, value in zip(self._present_names, outputs[1:])}
-        logits = outputs[0][:, -1]
-        first_token_ms = (time.perf_counter() - started) * 1e3
-        generated = np.zeros((batch, 0), dtype=np.int64)
-        finished = np.zeros(batch, dtype=bool)
-        for step in range(max_new_tokens):
-            if step < min_new_tokens:
-                logits = logits.copy()
-                logits[:, eos] = -np.inf
-            next_ids = next_tokens(logits, sampling, rng)
-            next_ids = np.where(finished, pad, next_ids)
-            generated = np.concatenate([generated, next_ids[:, None]], axis=1)
-            finished |= next_ids == eos
-            if finished.all() or step == max_new_tokens - 1:
-                break
-            outputs = self.decoder_with_past.run(
-                None, {"input_ids": next_ids[:, None], "encoder_attention_mask": mask, **past}
-            )
-            logits = outputs[0][:, -1]
+
+        def step(next_ids: np.ndarray) -> np.ndarray:
+            outputs = self.decoder_with_past.run(None, {"input_ids": next_ids[:, None], "encoder_attention_mask": mask, **past})
             for name, value in zip(self._self_attention_present, outputs[1:]):
                 past[name.replace("present.", "past_key_values.")] = value
-        total_ms = (time.perf_counter() - started) * 1e3
-        token_ids = [_until_eos(row, eos) for row in generated.tolist()]
-        return Generation(
-            texts=[],
-            token_ids=token_ids,
-            keep_ratio=ratio,
-            kept_tokens=mask.sum(axis=1).tolist(),
+            return outputs[0][:, -1]
+
+        return decode(
+            outputs[0][:, -1], step, self.settings, ratio, max_new_tokens, min_new_tokens, sampling, started,
+            prompt_ms=prompt_ms, kept_tokens=mask.sum(axis=1).tolist(),
             prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
-            encoder_ms=encoder_ms,
-            first_token_ms=first_token_ms,
-            total_ms=total_ms,
         )
 
     def generate(
@@ -171,8 +153,153 @@ class Seq2SeqGenerator:
         """Tokenise, generate and decode; ``texts`` holds each prompt's continuation."""
         inputs = self.encoder.encode(prompts)
         result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling, min_new_tokens)
-        result.texts = self.encoder._tokenizer.decode_batch(result.token_ids, skip_special_tokens=True)
+        result.texts = self.encoder.decode(result.token_ids)
         return result
+
+
+class CausalGenerator:
+    """A converted decoder-only directory (``latexport convert --task text-generation``)."""
+
+    task = "text-generation"
+
+    def __init__(
+        self, model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn",
+        session: Optional[LatencyAdjustableSession] = None,
+    ):
+        self.prompt = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
+        self.model_dir = self.prompt.model_dir
+        self.settings = _generation_settings(self.prompt, self.task)
+        options = self.prompt.session.get_session_options()
+        self.decoder_with_past = load_session(
+            self.model_dir / self.settings["decoder_with_past"], choose_providers(provider), options
+        )
+        layers = self.prompt.metadata.profile.num_layers
+        self._present_names = cache_names(layers, "present")
+        self._past_names = cache_names(layers, "past")
+
+    @property
+    def default_keep_ratio(self) -> float:
+        return self.prompt.default_keep_ratio
+
+    def prefill(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> tuple[np.ndarray, dict]:
+        """The pruned prompt pass: next-token logits [B, V] and the cache, keyed by the decode step's input names."""
+        feed = self.prompt.check_inputs(inputs)
+        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio)
+        logits, *cache = self.prompt.session.run(["logits", *self._present_names], feed)
+        return logits, dict(zip(self._past_names, cache))
+
+    def generate_ids(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        keep_ratio: KeepRatio = None,
+        max_new_tokens: int = 32,
+        sampling: Optional[Sampling] = None,
+        min_new_tokens: int = 0,
+    ) -> Generation:
+        """Greedy (or sampled) continuation of tokenised prompts (see ``Seq2SeqGenerator.generate_ids``)."""
+        max_new_tokens, min_new_tokens = check_token_counts(max_new_tokens, min_new_tokens)
+        ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
+        inputs = self.prompt.check_inputs(inputs)
+        longest = int(inputs["attention_mask"].sum(axis=1).max())
+        if longest + max_new_tokens > self.prompt.max_length:
+            raise InvalidInputError(
+                f"a {longest}-token prompt plus {max_new_tokens} new tokens exceeds the model's maximum of "
+                f"{self.prompt.max_length} positions"
+            )
+        started = time.perf_counter()
+        logits, cache = self.prefill(inputs, ratio)
+        prompt_ms = (time.perf_counter() - started) * 1e3
+        positions = np.asarray(inputs["attention_mask"]).sum(axis=1, keepdims=True).astype(np.int64)
+
+        def step(next_ids: np.ndarray) -> np.ndarray:
+            nonlocal positions
+            outputs = self.decoder_with_past.run(None, {"input_ids": next_ids[:, None], "position_ids": positions, **cache})
+            positions = positions + 1
+            cache.update(zip(self._past_names, outputs[1:]))
+            return outputs[0][:, -1]
+
+        return decode(
+            logits, step, self.settings, ratio, max_new_tokens, min_new_tokens, sampling, started, prompt_ms=prompt_ms,
+            kept_tokens=cache[self._past_names[-1]].sum(axis=1).tolist(),
+            prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
+        )
+
+    def generate(
+        self,
+        prompts: Union[str, Sequence[str]],
+        keep_ratio: KeepRatio = None,
+        max_new_tokens: int = 32,
+        sampling: Optional[Sampling] = None,
+        min_new_tokens: int = 0,
+    ) -> Generation:
+        """Tokenise, generate and decode; ``texts`` holds each prompt's continuation."""
+        inputs = self.prompt.encode(prompts)
+        result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling, min_new_tokens)
+        result.texts = self.prompt.decode(result.token_ids)
+        return result
+
+
+def open_generator(model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn"):
+    """The generator for a converted directory: ``Seq2SeqGenerator`` or ``CausalGenerator``."""
+    session = LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
+    for generator_class in (Seq2SeqGenerator, CausalGenerator):
+        if session.metadata.task == generator_class.task:
+            return generator_class(model_dir, provider, intra_op_threads, truncation, session=session)
+    raise ModelDirectoryError(
+        f"{session.model_dir} holds a {session.metadata.task} model; generation needs a conversion with "
+        "--task text-generation or --task text2text-generation"
+    )
+
+
+def _generation_settings(session: LatencyAdjustableSession, task: str) -> dict:
+    if session.metadata.task != task or session.metadata.generation is None:
+        raise ModelDirectoryError(
+            f"{session.model_dir} holds a {session.metadata.task} model; this generator needs a conversion with --task {task}"
+        )
+    return session.metadata.generation
+
+
+def decode(
+    first_logits: np.ndarray,
+    step,
+    settings: dict,
+    keep_ratio: float,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    sampling: Optional[Sampling],
+    started: float,
+    **timing_and_counts,
+) -> Generation:
+    """The token loop both generators share: choose, stop rows at the end token, and
+    call ``step(next_ids [B]) -> logits [B, V]`` for every further token."""
+    rng = np.random.default_rng(sampling.seed) if sampling else None
+    eos, pad = settings["eos_token_id"], settings["pad_token_id"]
+    logits = first_logits
+    batch = logits.shape[0]
+    generated = np.zeros((batch, 0), dtype=np.int64)
+    finished = np.zeros(batch, dtype=bool)
+    first_token_ms = None
+    for position in range(max_new_tokens):
+        if position < min_new_tokens:
+            logits = logits.copy()
+            logits[:, eos] = -np.inf
+        next_ids = np.where(finished, pad, next_tokens(logits, sampling, rng))
+        if first_token_ms is None:
+            first_token_ms = (time.perf_counter() - started) * 1e3
+        generated = np.concatenate([generated, next_ids[:, None]], axis=1)
+        finished |= next_ids == eos
+        if finished.all() or position == max_new_tokens - 1:
+            break
+        logits = step(next_ids)
+    return Generation(
+        texts=[],
+        token_ids=[_until_eos(row, eos) for row in generated.tolist()],
+        keep_ratio=keep_ratio,
+        first_token_ms=first_token_ms,
+        total_ms=(time.perf_counter() - started) * 1e3,
+        first_logits=first_logits,
+        **timing_and_counts,
+    )
 
 
 def next_tokens(logits: np.ndarray, sampling: Optional[Sampling], rng: Optional[np.random.Generator]) -> np.ndarray:
@@ -198,12 +325,15 @@ def next_tokens(logits: np.ndarray, sampling: Optional[Sampling], rng: Optional[
     return np.minimum((probs.cumsum(axis=-1) < draws).sum(axis=-1), probs.shape[-1] - 1).astype(np.int64)
 
 
-def check_max_new_tokens(max_new_tokens) -> int:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-        raise InvalidInputError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
+def check_token_counts(max_new_tokens, min_new_tokens) -> tuple[int, int]:
+    for name, value in (("max_new_tokens", max_new_tokens), ("min_new_tokens", min_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
         raise InvalidInputError(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new_tokens}")
-    return int(max_new_tokens)
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise InvalidInputError(f"min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}")
+    return int(max_new_tokens), int(min_new_tokens)
 
 
 def _until_eos(row: list[int], eos: int) -> list[int]:

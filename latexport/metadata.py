@@ -14,6 +14,14 @@ from latexport.estimate import FlopsModel
 from latexport.profile import EliminationProfile
 
 PREFIX = "latexport."
+
+
+def cache_names(num_layers: int, prefix: str) -> list[str]:
+    """``{prefix}.{l}.key``, ``.value`` and ``.mask`` of every layer, in that order: the
+    cache a decoder-only prompt pass returns ("present") and a decode step takes ("past")."""
+    return [f"{prefix}.{layer}.{part}" for layer in range(num_layers) for part in ("key", "value", "mask")]
+
+
 #: The second output of a text2text-generation encoder: 1 for each kept word-vector.
 ENCODER_MASK_OUTPUT = "encoder_attention_mask"
 
@@ -47,8 +55,13 @@ class ModelMetadata:
 
     @property
     def output_names(self) -> list[str]:
-        """The graph's outputs: the task output, and for an encoder-decoder the kept mask."""
-        return [self.output_name, ENCODER_MASK_OUTPUT] if self.generation is not None else [self.output_name]
+        """The graph's outputs: the task output; for an encoder-decoder also the kept mask;
+        for a decoder-only prompt pass every layer's cache (key, value, mask)."""
+        if self.task == "text2text-generation":
+            return [self.output_name, ENCODER_MASK_OUTPUT]
+        if self.task == "text-generation":
+            return [self.output_name, *cache_names(self.profile.num_layers, "present")]
+        return [self.output_name]
 
     def to_props(self) -> dict[str, str]:
         props = {

@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, EncoderFamily
+from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_GENERATION, TASK_TEXT2TEXT, EncoderFamily
 from latexport.profile import EliminationProfile
 from latexport.selection import (
     keep_counts,
@@ -41,6 +41,9 @@ class LatencyAdjustableOutput:
     output: torch.Tensor
     kept_positions: list[torch.Tensor] = field(default_factory=list)
     attention_mask: Optional[torch.Tensor] = None
+    #: text-generation: ``cache_masks[l]`` [B, N_l] marks the real word-vectors among
+    #: those that entered layer ``l`` (whose keys and values the cache holds).
+    cache_masks: list[torch.Tensor] = field(default_factory=list)
 
 
 class LatencyAdjustableModel(nn.Module):
@@ -74,7 +77,10 @@ class LatencyAdjustableModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: Optional[torch.Tensor] = None,
         keep_ratio: Union[float, torch.Tensor] = 1.0,
+        cache=None,
     ) -> LatencyAdjustableOutput:
+        """``cache`` (text-generation, ``latexport.decoding.LayerCache``) receives every
+        layer's keys and values of the word-vectors that entered it."""
         family = self.family
         core = family.core(self.hf_model)
         if not torch.is_tensor(keep_ratio):
@@ -84,22 +90,25 @@ class LatencyAdjustableModel(nn.Module):
 
         valid = attention_mask > 0
         valid_lengths = valid.sum(dim=1).to(torch.float32)
-        positions = torch.arange(width, dtype=torch.int64, device=input_ids.device).unsqueeze(0).expand(batch, width)
-        hidden = family.embed(core, input_ids, token_type_ids)
+        positions = family.initial_positions(valid)
+        hidden = family.embed(core, input_ids, token_type_ids, positions)
 
         tracing = torch.jit.is_tracing()
         select = select_tokens_for_export if tracing else select_tokens
         select_with_bias = select_tokens_and_bias_for_export if tracing else select_tokens_and_bias
         distance_table = family.relative_position_table(core, width, hidden.dtype)
         bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
-        kept_positions = []
+        kept_positions, cache_masks = [], []
         for layer, exponent in zip(family.layers(core), self.exponents):
-            mask = family.attention_mask(valid, hidden.dtype) if bias is None else bias
-            mixed, probs = family.attend(layer, hidden, mask)
+            cache_masks.append(valid.to(torch.int64))
+            attention_inputs = family.attention_inputs(core, valid, positions, hidden.dtype) if bias is None else bias
+            mixed, probs = family.attend(layer, hidden, attention_inputs, cache)
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
             always_keep = family.always_keep(valid)
             if bias is None:
-                hidden, mixed, valid, positions = select(probs, valid, always_keep, keep, hidden, mixed, positions)
+                hidden, mixed, valid, positions = select(
+                    probs, valid, always_keep, keep, hidden, mixed, positions, family.causal
+                )
             else:
                 hidden, mixed, valid, positions, bias = select_with_bias(
                     probs, valid, always_keep, keep, hidden, mixed, positions, bias, distance_table
@@ -110,6 +119,9 @@ class LatencyAdjustableModel(nn.Module):
         hidden = family.final_states(core, hidden)
         if self.task == TASK_TEXT2TEXT:
             return LatencyAdjustableOutput(hidden, kept_positions, attention_mask=valid.to(torch.int64))
+        if self.task == TASK_GENERATION:
+            logits = family.next_token_logits(self.hf_model, hidden, valid)
+            return LatencyAdjustableOutput(logits, kept_positions, cache_masks=cache_masks)
         if self.task == TASK_FEATURES:
             output = pool(hidden, valid, self.pooling)
         else:

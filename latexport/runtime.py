@@ -207,6 +207,10 @@ class LatencyAdjustableSession:
             feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
         return feed
 
+    def decode(self, token_ids: Sequence[Sequence[int]]) -> list[str]:
+        """Token ids back to text, special tokens left out (generation)."""
+        return self._tokenizer.decode_batch([list(ids) for ids in token_ids], skip_special_tokens=True)
+
     # --- running -------------------------------------------------------------
     def run(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> np.ndarray:
         """Run on already-tokenised inputs; returns the raw output (logits or embedding)."""

@@ -42,16 +42,25 @@ def keep_counts(
     return torch.minimum(wanted, alive).clamp(min=1)
 
 
-def acc_scores(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """Attention Context Contribution of every key: the probability it receives,
     summed over heads and over valid queries.
+
+    In a causal layer key ``j`` is seen only by the queries at or after it, so
+    early keys would win by counting more queries: there each key's sum is
+    divided by the number of valid queries that can see it (the mean
+    contribution per query that can attend to it).
 
     A [B, 1, 1, N] query-validity row times the [B, H, N, N] probabilities is one
     pass over them; a ReduceSum over the probabilities themselves measured
     25x slower in ONNX Runtime (8.3 ms against 0.2 ms at 12 heads x 512).
     """
     query_weights = valid.to(probs.dtype).unsqueeze(1).unsqueeze(1)
-    return torch.matmul(query_weights, probs).sum(dim=[1, 2])
+    scores = torch.matmul(query_weights, probs).sum(dim=[1, 2])
+    if causal:
+        seen_by = torch.flip(torch.cumsum(torch.flip(valid.to(probs.dtype), [1]), dim=1), [1])
+        scores = scores / seen_by.clamp(min=1.0)
+    return scores
 
 
 def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -103,11 +112,12 @@ def drop_tokens(
     residual: torch.Tensor,
     mixed: torch.Tensor,
     positions: torch.Tensor,
+    causal: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
     the indices into this layer's N, for state that must follow the survivors."""
     batch, width = valid.shape
-    scores = acc_scores(probs, valid)
+    scores = acc_scores(probs, valid, causal)
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
     kept, kept_valid = rank_and_pick(scores, keep, int(keep.max()))
     row_offset = torch.arange(batch, dtype=torch.int64, device=kept.device).unsqueeze(1) * width
@@ -129,6 +139,7 @@ def select_tokens(
     residual: torch.Tensor,
     mixed: torch.Tensor,
     positions: torch.Tensor,
+    causal: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop the word-vectors with the lowest ACC after a layer's attention.
 
@@ -138,6 +149,7 @@ def select_tokens(
     keep:        [B] int64, how many each sample keeps (``keep_counts``).
     residual, mixed: [B, N, D] the layer's input and its attention output.
     positions:   [B, N] int64 original position of each word-vector.
+    causal:      the layer's attention is causal (``acc_scores``).
 
     When every sample keeps all it has and the tensor has no spare width, the
     layer is left untouched: the exported If skips scoring and gathers, so a
@@ -145,7 +157,9 @@ def select_tokens(
     """
     if bool(keeps_everything(valid, keep)):
         return residual, mixed, valid, positions
-    residual, mixed, kept_valid, positions, _ = drop_tokens(probs, valid, always_keep, keep, residual, mixed, positions)
+    residual, mixed, kept_valid, positions, _ = drop_tokens(
+        probs, valid, always_keep, keep, residual, mixed, positions, causal
+    )
     return residual, mixed, kept_valid, positions
 
 

@@ -27,7 +27,7 @@ import onnxruntime as ort
 import torch
 
 from latexport.checkpoint import LoadedCheckpoint
-from latexport.families import TASK_FEATURES, TASK_TEXT2TEXT
+from latexport.families import TASK_FEATURES, TASK_GENERATION, TASK_TEXT2TEXT
 from latexport.model import LatencyAdjustableModel, pool
 from latexport.passes import with_int64_outputs
 
@@ -76,7 +76,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0, room: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """A padded batch and a longer single sequence of random in-vocabulary ids."""
     tokenizer, config = loaded.tokenizer, loaded.config
     rng = np.random.default_rng(seed)
@@ -85,6 +85,10 @@ def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0) -> dict[str, dict
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if loaded.family.causal:
+        # A prompt does not end with the end token; and where it doubles as padding (GPT-2),
+        # transformers' classifiers would skip it when looking for the last token.
+        end_id = None
     uses_token_types = loaded.family.uses_token_type_ids(config)
 
     def make(lengths: list[int], width: int) -> dict[str, np.ndarray]:
@@ -105,7 +109,7 @@ def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0) -> dict[str, dict
             feed["token_type_ids"] = types
         return feed
 
-    limit = loaded.max_length
+    limit = loaded.max_length - room  # room for generated tokens
     width = min(40, limit)
     return {
         "padded batch": make([width, max(2, width * 2 // 3), min(5, width)], width),
@@ -120,7 +124,12 @@ def reference_output(loaded: LoadedCheckpoint, feed: dict[str, np.ndarray], pool
         if loaded.task == TASK_TEXT2TEXT:
             states = loaded.family.core(loaded.model)(**tensors).last_hidden_state
             return states.numpy() * feed["attention_mask"][..., None]
+        if loaded.family.causal:  # positions count real tokens, so padding on either side is neutral
+            tensors["position_ids"] = loaded.family.initial_positions(tensors["attention_mask"] > 0)
         output = loaded.model(**tensors)
+        if loaded.task == TASK_GENERATION:
+            last = np.asarray(feed["attention_mask"]).shape[1] - 1 - np.argmax(np.asarray(feed["attention_mask"])[:, ::-1], axis=1)
+            return output.logits[torch.arange(len(last)), torch.from_numpy(last)].numpy()
     if loaded.task == TASK_FEATURES:
         return pool(output.last_hidden_state, tensors["attention_mask"] > 0, pooling or "mean").numpy()
     return output.logits.numpy()
@@ -244,9 +253,49 @@ def validate_generation(
 
 def _greedy_check(label: str, ratio: float, reference: str, got: list[list[int]], expected: np.ndarray, settings) -> Check:
     """Token-for-token comparison; ``expected`` rows start with the decoder start token."""
-    eos = settings["eos_token_id"]
+    return _token_check(label, ratio, reference, got, expected[:, 1:].tolist(), settings["eos_token_id"])
+
+
+def validate_causal_generation(
+    model_dir: Path, loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, atol: float, ratios: tuple[float, ...]
+) -> ValidationReport:
+    """The decode-step graph of a text-generation directory: at 1.0, greedy tokens
+    against transformers' ``generate`` (each prompt alone, so no padding question
+    arises there); at every ratio, the ONNX prompt pass and decode steps against
+    ``PyTorchGenerator`` (the same modules run eagerly), on the padded batch."""
+    from latexport.decoding import PyTorchGenerator
+    from latexport.generation import CausalGenerator
+
+    generator = CausalGenerator(model_dir)
+    reference = PyTorchGenerator(lat)
+    report = ValidationReport()
+    for label, feed in validation_inputs(loaded, room=GREEDY_TOKENS).items():
+        got = generator.generate_ids(feed, 1.0, GREEDY_TOKENS)
+        expected = []
+        for row in range(feed["input_ids"].shape[0]):
+            length = int(feed["attention_mask"][row].sum())
+            prompt = torch.from_numpy(feed["input_ids"][row : row + 1, :length])
+            with torch.no_grad():
+                continuation = loaded.model.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=GREEDY_TOKENS, do_sample=False,
+                    num_beams=1, eos_token_id=generator.settings["eos_token_id"], pad_token_id=generator.settings["pad_token_id"],
+                )
+            expected.append(continuation[0, length:].tolist())
+        report.checks.append(_token_check(label, 1.0, "hf greedy", got.token_ids, expected, generator.settings["eos_token_id"]))
+        for ratio in ratios:
+            got = generator.generate_ids(feed, ratio, GREEDY_TOKENS)
+            expected_ids, expected_logits = reference.greedy(feed, ratio, GREEDY_TOKENS, generator.settings["eos_token_id"])
+            check = _token_check(label, ratio, "pt greedy", got.token_ids, expected_ids, generator.settings["eos_token_id"])
+            report.checks.append(check)
+            report.checks.append(
+                Check(label + " logits", ratio, "latexport-pt", _max_diff(got.first_logits, expected_logits), atol)
+            )
+    return report
+
+
+def _token_check(label: str, ratio: float, reference: str, got: list[list[int]], expected: list[list[int]], eos: int) -> Check:
     differing, first_difference = 0, None
-    for row, (got_row, expected_row) in enumerate(zip(got, expected[:, 1:].tolist())):
+    for row, (got_row, expected_row) in enumerate(zip(got, expected)):
         if eos in expected_row:
             expected_row = expected_row[: expected_row.index(eos) + 1]
         width = max(len(got_row), len(expected_row))

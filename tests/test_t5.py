@@ -309,8 +309,8 @@ def test_bench_times_the_encoder_and_then_generation(t5_converted, tmp_path):
     assert (tmp_path / f"bench-{out_dir.name}-b1-s48-generation.png").stat().st_size > 0
     profile = EliminationProfile(num_layers=4)
     assert [row["keep_ratio"] for row in generation["rows"]] == [1.0, 0.5, 0.1]
-    assert [row["kept_by_encoder"] for row in generation["rows"]] == [profile.kept_counts(48, r)[-1] for r in (1.0, 0.5, 0.1)]
+    assert [row["kept"] for row in generation["rows"]] == [profile.kept_counts(48, r)[-1] for r in (1.0, 0.5, 0.1)]
     assert generation["rows"][0]["total_speedup"] == 1.0 and generation["new_tokens"] == 5
     for row in generation["rows"]:
-        assert 0 < row["median_encoder_ms"] < row["median_first_token_ms"] < row["median_total_ms"]
+        assert 0 < row["median_prompt_ms"] < row["median_first_token_ms"] < row["median_total_ms"]
         assert row["decode_tokens_per_s"] > 0

@@ -18,6 +18,8 @@ from transformers import (
     ElectraConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
+    GPT2Config,
+    LlamaConfig,
     T5Config,
     T5EncoderModel,
     T5ForConditionalGeneration,
@@ -122,6 +124,69 @@ def make_t5_checkpoint(
     _sharpen(model)
     model.save_pretrained(directory)
     tiny_t5_tokenizer(max_length=256).save_pretrained(directory)
+    return Path(directory)
+
+
+def tiny_byte_level_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    """GPT-2-style byte-level BPE over the 256 byte symbols plus a few word merges,
+    with <|endoftext|> as beginning, end and padding token (as GPT-2 and Llama use one)."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    merges = []
+    for word in ("the", "film", "movie", "story"):
+        pieces = "\u0120" + word
+        current = pieces[0]
+        for char in pieces[1:]:
+            merges.append((current, char))
+            current += char
+            vocab.setdefault(current, len(vocab))
+    vocab["<|endoftext|>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+        model_max_length=max_length, model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+DECODER_VOCAB_SIZE = len(tiny_byte_level_tokenizer(128))
+
+
+def tiny_decoder_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int = 32, heads: int = 4):
+    """GPT-2, or Llama with grouped-query attention (2 key/value heads)."""
+    eos = DECODER_VOCAB_SIZE - 1
+    if family == "gpt2":
+        return GPT2Config(
+            vocab_size=DECODER_VOCAB_SIZE, n_positions=128, n_embd=hidden, n_layer=layers, n_head=heads,
+            bos_token_id=eos, eos_token_id=eos, num_labels=num_labels,
+        )
+    return LlamaConfig(
+        vocab_size=DECODER_VOCAB_SIZE, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=128,
+        bos_token_id=eos, eos_token_id=eos, num_labels=num_labels, tie_word_embeddings=False,
+    )
+
+
+def make_decoder_checkpoint(
+    directory: Path, family: str = "gpt2", task: str = "text-generation", num_labels: int = 3, seed: int = 0, **sizes
+) -> Path:
+    """A tiny random GPT-2 or Llama checkpoint for ``task``."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_decoder_config(family, num_labels=num_labels, **sizes)
+    if task == "text-classification":
+        config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(seed)
+    auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModelForCausalLM
+    model = auto.from_config(config)
+    with torch.no_grad():  # random heads give logits near 0.01; these make 1e-4 meaningful
+        for name, parameter in model.named_parameters():
+            if name.startswith("score."):
+                parameter.mul_(20.0)
+    model.save_pretrained(directory)
+    tiny_byte_level_tokenizer(max_length=128).save_pretrained(directory)
     return Path(directory)
 
 

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from latexport.errors import UnsupportedModelError
-from latexport.families.base import TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, TASKS, EncoderFamily, LayerShape
+from latexport.families.base import TASK_CLASSIFICATION, TASK_FEATURES, TASK_GENERATION, TASK_TEXT2TEXT, TASKS, EncoderFamily, LayerShape
 from latexport.families.bert import BertFamily, ElectraFamily, RobertaFamily
 from latexport.families.distilbert import DistilBertFamily
+from latexport.families.gpt2 import GPT2Family
+from latexport.families.llama import LlamaFamily
 from latexport.families.t5 import T5Family
 
-_FAMILIES: tuple[EncoderFamily, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily(), T5Family())
+_FAMILIES: tuple[EncoderFamily, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily(), T5Family(), GPT2Family(), LlamaFamily())
 _BY_MODEL_TYPE = {model_type: family for family in _FAMILIES for model_type in family.model_types}
 
 
@@ -43,6 +45,7 @@ __all__ = [
     "TASK_CLASSIFICATION",
     "TASK_FEATURES",
     "TASK_TEXT2TEXT",
+    "TASK_GENERATION",
     "family_for",
     "family_named",
     "supported_model_types",

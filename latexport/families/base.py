@@ -19,7 +19,9 @@ TASK_CLASSIFICATION = "text-classification"
 TASK_FEATURES = "feature-extraction"
 #: Encoder-decoder generation: the exported encoder returns its kept states and their mask.
 TASK_TEXT2TEXT = "text2text-generation"
-TASKS = (TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT)
+#: Decoder-only generation: a pruned prompt pass (prefill) and a decode step.
+TASK_GENERATION = "text-generation"
+TASKS = (TASK_CLASSIFICATION, TASK_FEATURES, TASK_TEXT2TEXT, TASK_GENERATION)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class EncoderFamily:
     ort_model_type: str = "bert"
     #: The tasks latexport can export for this family.
     tasks: tuple[str, ...] = (TASK_CLASSIFICATION, TASK_FEATURES)
+    #: Causal attention: ACC is normalised by how many queries can see each key.
+    causal: bool = False
 
     # --- configuration ---------------------------------------------------
     def uses_token_type_ids(self, config) -> bool:
@@ -82,11 +86,22 @@ class EncoderFamily:
         """The bare encoder inside a task model (``model.bert``, ...)."""
         return model.base_model
 
-    def embed(self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed(
+        self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor], positions: torch.Tensor
+    ) -> torch.Tensor:
         return core.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.encoder.layer
+
+    def initial_positions(self, valid: torch.Tensor) -> torch.Tensor:
+        """[B, N] int64 position of every input token: its column."""
+        batch, width = valid.shape
+        return torch.arange(width, dtype=torch.int64, device=valid.device).unsqueeze(0).expand(batch, width)
+
+    def attention_inputs(self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+        """What ``attend`` needs besides the states; BERT-style: the padding mask."""
+        return self.attention_mask(valid, dtype)
 
     def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The additive [B, 1, 1, N] mask that BERT's eager attention adds to its scores."""
@@ -99,7 +114,9 @@ class EncoderFamily:
         ``attention_mask``.  None: the family has no such bias."""
         return None
 
-    def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(
+        self, layer: nn.Module, hidden: torch.Tensor, mask, cache=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the attention mixing; return (per-token mixed states, probabilities)."""
         mixed, probs = layer.attention.self(hidden, attention_mask=mask, output_attentions=True)
         return mixed, probs

@@ -38,7 +38,9 @@ class ElectraFamily(EncoderFamily):
     name = "electra"
     model_types = ("electra",)
 
-    def embed(self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed(
+        self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor], positions: torch.Tensor
+    ) -> torch.Tensor:
         hidden = core.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         if hasattr(core, "embeddings_project"):
             hidden = core.embeddings_project(hidden)

@@ -27,7 +27,9 @@ class DistilBertFamily(EncoderFamily):
             num_layers=config.n_layers, hidden_size=config.dim, intermediate_size=config.hidden_dim, num_heads=config.n_heads
         )
 
-    def embed(self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed(
+        self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor], positions: torch.Tensor
+    ) -> torch.Tensor:
         return core.embeddings(input_ids)
 
     def layers(self, core: nn.Module) -> nn.ModuleList:
@@ -36,7 +38,9 @@ class DistilBertFamily(EncoderFamily):
     def attention_mask(self, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return valid  # DistilBERT masks with (mask == 0) itself
 
-    def attend(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(
+        self, layer: nn.Module, hidden: torch.Tensor, mask, cache=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         mixed, probs = layer.attention(query=hidden, key=hidden, value=hidden, mask=mask, output_attentions=True)
         return mixed, probs
 

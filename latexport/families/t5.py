@@ -69,7 +69,9 @@ class T5Family(EncoderFamily):
         inner = getattr(model, "transformer", model)  # T5ForSequenceClassification wraps a T5Model
         return inner.get_encoder()
 
-    def embed(self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed(
+        self, core: nn.Module, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor], positions: torch.Tensor
+    ) -> torch.Tensor:
         return core.dropout(core.embed_tokens(input_ids))
 
     def layers(self, core: nn.Module) -> nn.ModuleList:
@@ -87,7 +89,9 @@ class T5Family(EncoderFamily):
         )
         return attention.relative_attention_bias(buckets).to(dtype)
 
-    def attend(self, layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(
+        self, layer: nn.Module, hidden: torch.Tensor, bias, cache=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-attention including its output projection; the drop comes after it."""
         self_attention = layer.layer[0]
         projected, _, probs = self_attention.SelfAttention(
