@@ -1,0 +1,274 @@
+"""GPT-2 and Llama: causal ACC, padding on either side, classification export, and
+generation through the pruned prompt pass and the decode step."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from latexport.checkpoint import load_checkpoint
+from latexport.cli import main
+from latexport.decoding import DecodeStep, LayerCache, PyTorchGenerator
+from latexport.errors import InvalidInputError, SettingsError, UnsupportedModelError
+from latexport.export import build_model, convert
+from latexport.generation import CausalGenerator, Sampling, open_generator
+from latexport.metadata import cache_names
+from latexport.runtime import LatencyAdjustableSession
+from latexport.selection import acc_scores
+from tiny import make_decoder_checkpoint
+
+FAMILIES = ("gpt2", "llama")
+TASKS = ("text-generation", "text-classification")
+KEYS = [(family, task) for family in FAMILIES for task in TASKS]
+PROMPTS = ["the film was a very long story", "the movie", "a story of the film and the movie"]
+
+
+@pytest.fixture(scope="module")
+def decoder_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoders")
+    return {
+        key: make_decoder_checkpoint(root / "-".join(key), key[0], key[1], seed=index) for index, key in enumerate(KEYS)
+    }
+
+
+@pytest.fixture(scope="module")
+def decoder_converted(decoder_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoders-converted")
+    return {key: convert(str(path), root / "-".join(key)) for key, path in decoder_checkpoints.items()}
+
+
+def padded(rows: list[list[int]], pad: int, side: str) -> dict[str, np.ndarray]:
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for index, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[index, span], mask[index, span] = row, 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def random_rows(seed: int, lengths=(23, 9, 16), vocab: int = 250) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, size=length).tolist() for length in lengths]
+
+
+# --- the selection math ---------------------------------------------------------
+
+
+def test_causal_acc_divides_by_the_queries_that_see_each_key():
+    probs = torch.softmax(torch.randn(2, 3, 6, 6), dim=-1) * torch.tril(torch.ones(6, 6))
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    expected = torch.zeros(2, 6)
+    for b in range(2):
+        for j in range(6):
+            queries = [i for i in range(j, 6) if valid[b, i]]
+            expected[b, j] = sum(probs[b, :, i, j].sum() for i in queries) / max(1, len(queries))
+    torch.testing.assert_close(acc_scores(probs, valid, causal=True), expected)
+    torch.testing.assert_close(acc_scores(probs, valid), (probs * valid[:, None, :, None]).sum(dim=(1, 2)))
+
+
+# --- the PyTorch model ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", KEYS, ids=["-".join(k) for k in KEYS])
+def test_ratio_one_reproduces_transformers_with_left_and_right_padding(decoder_checkpoints, key):
+    loaded = load_checkpoint(str(decoder_checkpoints[key]))
+    lat = build_model(loaded)
+    rows = random_rows(1)
+    for side in ("right", "left"):  # padded with the padding id, which transformers' classifier looks for
+        feed = {name: torch.from_numpy(value) for name, value in padded(rows, loaded.config.pad_token_id, side).items()}
+        positions = (feed["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        with torch.no_grad():
+            got = lat(feed["input_ids"], feed["attention_mask"], None, 1.0, cache=LayerCache()).output
+            reference = loaded.model(**feed, position_ids=positions).logits
+        if key[1] == "text-generation":
+            last = feed["attention_mask"].shape[1] - 1 - feed["attention_mask"].flip(1).argmax(dim=1)
+            reference = reference[torch.arange(3), last]
+        torch.testing.assert_close(got, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_side_does_not_change_any_ratio(decoder_checkpoints, family):
+    loaded = load_checkpoint(str(decoder_checkpoints[(family, "text-generation")]))
+    lat = build_model(loaded)
+    rows = random_rows(2)
+    for ratio in (1.0, 0.5, 0.2):
+        outputs = {}
+        for side in ("right", "left"):
+            feed = {name: torch.from_numpy(value) for name, value in padded(rows, 0, side).items()}
+            with torch.no_grad():
+                outputs[side] = lat(feed["input_ids"], feed["attention_mask"], None, ratio, cache=LayerCache()).output
+        torch.testing.assert_close(outputs["left"], outputs["right"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_last_token_is_always_kept_and_order_is_preserved(decoder_checkpoints, family):
+    loaded = load_checkpoint(str(decoder_checkpoints[(family, "text-classification")]))
+    lat = build_model(loaded)
+    feed = padded(random_rows(3), 0, "right")
+    lengths = feed["attention_mask"].sum(axis=1)
+    for ratio in (0.5, 0.1, 0.01):
+        with torch.no_grad():
+            result = lat(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"]), None, ratio)
+        for row, length in enumerate(lengths):
+            for kept in result.kept_positions:
+                alive = kept[row][kept[row] >= 0].tolist()
+                assert alive[-1] == length - 1, "the last real token must always be kept"
+                assert alive == sorted(alive)
+            assert [int((kept[row] >= 0).sum()) for kept in result.kept_positions] == lat.profile.kept_counts(int(length), ratio)
+
+
+def test_decode_step_continues_exactly_like_a_longer_prompt(decoder_checkpoints):
+    """At 1.0, prompt pass + a 3-token decode step == transformers on the prompt plus those tokens."""
+    loaded = load_checkpoint(str(decoder_checkpoints[("llama", "text-generation")]))
+    lat = build_model(loaded)
+    feed = {name: torch.from_numpy(value) for name, value in padded(random_rows(4), 0, "left").items()}
+    cache = LayerCache()
+    with torch.no_grad():
+        result = lat(feed["input_ids"], feed["attention_mask"], None, 1.0, cache=cache)
+        past = [tensor for layer, mask in enumerate(result.cache_masks) for tensor in (*cache.layers[layer], mask)]
+        new = torch.tensor([[5, 6, 7]] * 3)
+        start = feed["attention_mask"].sum(dim=1, keepdim=True)
+        logits, *_ = DecodeStep(loaded.model, loaded.family)(new, start + torch.arange(3), *past)
+        full_ids = torch.cat([feed["input_ids"], new], dim=1)
+        full_mask = torch.cat([feed["attention_mask"], torch.ones_like(new)], dim=1)
+        reference = loaded.model(full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0)).logits
+    torch.testing.assert_close(logits, reference[:, -3:], atol=1e-5, rtol=0)
+
+
+# --- export -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", KEYS, ids=["-".join(k) for k in KEYS])
+def test_conversion_validates_and_writes_the_graphs(decoder_converted, key):
+    result = decoder_converted[key]
+    assert result.report.passed, result.report.render()
+    files = {p.name for p in result.out_dir.iterdir()}
+    generation = key[1] == "text-generation"
+    assert ("decoder_with_past_model.onnx" in files) == generation
+    proto = onnx.load(str(result.out_dir / "model.onnx"))
+    assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask", "keep_ratio"]
+    outputs = [o.name for o in proto.graph.output]
+    if generation:
+        assert outputs == ["logits", *cache_names(4, "present")]
+        references = {check.reference for check in result.report.checks}
+        assert {"transformers", "latexport-pt", "hf greedy", "pt greedy"} <= references
+        step = onnx.load(str(result.out_dir / "decoder_with_past_model.onnx"))
+        assert [i.name for i in step.graph.input] == ["input_ids", "position_ids", *cache_names(4, "past")]
+    else:
+        assert outputs == ["logits"]
+
+
+def test_cache_lengths_differ_by_layer_and_follow_the_profile(decoder_converted):
+    generator = CausalGenerator(decoder_converted[("gpt2", "text-generation")].out_dir)
+    feed = padded(random_rows(5, lengths=(40,)), 0, "right")
+    _, cache = generator.prefill(feed, 0.3)
+    lengths = [cache[f"past.{layer}.mask"].shape[1] for layer in range(4)]
+    counts = generator.prompt.metadata.profile.kept_counts(40, 0.3)
+    assert lengths == [40, *counts[:-1]]
+    assert cache["past.2.key"].shape[2] == lengths[2] and cache["past.2.key"].shape[0] == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_generation_matches_transformers_at_one_for_32_tokens(decoder_checkpoints, decoder_converted, family):
+    """Fresh prompts, left-padded as transformers' generate wants them; logits and 32 greedy tokens."""
+    key = (family, "text-generation")
+    loaded = load_checkpoint(str(decoder_checkpoints[key]))
+    generator = CausalGenerator(decoder_converted[key].out_dir)
+    feed = padded(random_rows(6), 0, "left")
+    result = generator.generate_ids(feed, 1.0, max_new_tokens=32)
+    tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
+    with torch.no_grad():
+        expected = loaded.model.generate(
+            **tensors, max_new_tokens=32, do_sample=False, num_beams=1,
+            eos_token_id=generator.settings["eos_token_id"], pad_token_id=generator.settings["pad_token_id"],
+        )[:, feed["input_ids"].shape[1]:]
+        reference_logits = loaded.model(**tensors, position_ids=(tensors["attention_mask"].cumsum(1) - 1).clamp(min=0)).logits[:, -1]
+    eos = generator.settings["eos_token_id"]
+    assert result.token_ids == [row[: row.index(eos) + 1] if eos in row else row for row in expected.tolist()]
+    assert max(len(row) for row in result.token_ids) > 8
+    np.testing.assert_allclose(result.first_logits, reference_logits.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_generation_at_half_equals_the_pytorch_graphs(decoder_checkpoints, decoder_converted, family):
+    key = (family, "text-generation")
+    loaded = load_checkpoint(str(decoder_checkpoints[key]))
+    generator = CausalGenerator(decoder_converted[key].out_dir)
+    feed = padded(random_rows(7), 0, "right")
+    got = generator.generate_ids(feed, 0.5, max_new_tokens=20)
+    assert got.kept_tokens[0] < got.prompt_tokens[0]
+    expected, expected_logits = PyTorchGenerator(build_model(loaded)).greedy(feed, 0.5, 20, generator.settings["eos_token_id"])
+    assert got.token_ids == expected
+    np.testing.assert_allclose(got.first_logits, expected_logits, atol=1e-4, rtol=0)
+
+
+def test_classifiers_run_through_the_runtime(decoder_checkpoints, decoder_converted):
+    for family in FAMILIES:
+        key = (family, "text-classification")
+        session = LatencyAdjustableSession(decoder_converted[key].out_dir)
+        loaded = load_checkpoint(str(decoder_checkpoints[key]))
+        feed = session.encode(PROMPTS)
+        with torch.no_grad():
+            expected = loaded.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        prediction = session.predict(PROMPTS, keep_ratio=1.0)
+        np.testing.assert_allclose(prediction.logits, expected, atol=1e-4, rtol=0)
+        assert session.predict(PROMPTS, keep_ratio=0.3).logits.shape == (3, 3)
+
+
+# --- generation through the CLI and the API ---------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_command_works_for_both_families(decoder_converted, family):
+    out_dir = decoder_converted[(family, "text-generation")].out_dir
+    result = CliRunner().invoke(main, ["generate", str(out_dir), PROMPTS[0], PROMPTS[1], "--keep-ratio", "0.5", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    expected = open_generator(out_dir).generate(PROMPTS[:2], keep_ratio=0.5, max_new_tokens=8).texts
+    assert result.stdout == "".join(text + "\n" for text in expected)
+    assert "keep_ratio 0.5" in result.stderr
+    sampled = [CliRunner().invoke(main, ["generate", str(out_dir), PROMPTS[0], "--sample", "--seed", "5"]).stdout for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_sampling_and_fixed_lengths(decoder_converted):
+    generator = open_generator(decoder_converted[("llama", "text-generation")].out_dir)
+    greedy = generator.generate(PROMPTS, keep_ratio=0.5, max_new_tokens=10)
+    assert generator.generate(PROMPTS, keep_ratio=0.5, max_new_tokens=10, sampling=Sampling(top_k=1)).token_ids == greedy.token_ids
+    fixed = generator.generate(PROMPTS, max_new_tokens=7, min_new_tokens=7)
+    assert [len(ids) for ids in fixed.token_ids] == [7, 7, 7]
+
+
+def test_bench_reports_time_to_first_token(decoder_converted, tmp_path):
+    out_dir = decoder_converted[("gpt2", "text-generation")].out_dir
+    result = CliRunner().invoke(main, [
+        "bench", str(out_dir), "--seq-len", "48", "--keep-ratios", "1,0.3", "--repeats", "4", "--no-memory",
+        "--new-tokens", "4", "--graphs", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    generation = json.loads((tmp_path / f"bench-{out_dir.name}-b1-s48-generation.json").read_text())
+    rows = generation["rows"]
+    assert [row["keep_ratio"] for row in rows] == [1.0, 0.3]
+    assert rows[0]["kept"] == 48 and rows[1]["kept"] < 48
+    assert all(row["decode_tokens_per_s"] > 0 and row["median_first_token_ms"] < row["median_total_ms"] for row in rows)
+
+
+def test_bad_requests_and_conversions_get_clear_errors(decoder_checkpoints, decoder_converted, checkpoints, tmp_path):
+    generator = CausalGenerator(decoder_converted[("gpt2", "text-generation")].out_dir)
+    long_prompt = padded([list(range(3, 120))], 0, "right")
+    with pytest.raises(InvalidInputError, match="exceeds the model's maximum"):
+        generator.generate_ids(long_prompt, max_new_tokens=20)
+    with pytest.raises(InvalidInputError, match="keep_ratio"):
+        generator.generate(PROMPTS, keep_ratio=0.0)
+    with pytest.raises(InvalidInputError, match="empty"):
+        generator.generate([""])
+    with pytest.raises(SettingsError, match="text-generation"):
+        convert(str(decoder_checkpoints[("gpt2", "text-generation")]), tmp_path / "int8", quantize="dynamic")
+    with pytest.raises(UnsupportedModelError, match="feature-extraction"):
+        convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "features", task="feature-extraction")
+    with pytest.raises(UnsupportedModelError, match="text-generation"):
+        convert(str(checkpoints[("bert", "text-classification")]), tmp_path / "bert", task="text-generation")
+    assert not any((tmp_path / name).exists() for name in ("int8", "features", "bert"))
