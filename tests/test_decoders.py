@@ -272,3 +272,25 @@ def test_bad_requests_and_conversions_get_clear_errors(decoder_checkpoints, deco
     with pytest.raises(UnsupportedModelError, match="text-generation"):
         convert(str(checkpoints[("bert", "text-classification")]), tmp_path / "bert", task="text-generation")
     assert not any((tmp_path / name).exists() for name in ("int8", "features", "bert"))
+
+
+def test_gpt2_with_the_real_tokenizer_converts_and_generates(tmp_path):
+    """A tiny random GPT-2 over the real 50,257-token GPT-2 vocabulary (from the npm
+    registry, as latexport.assets fetches it); prompts are real English."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from latexport.assets import gpt2_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer())
+    assert tokenizer("Hello world")["input_ids"] == [15496, 995]
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_positions=64, n_embd=32, n_layer=3, n_head=4)).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    result = convert(str(tmp_path / "gpt2"), tmp_path / "out")
+    assert result.metadata.task == "text-generation" and result.report.passed
+    cli = CliRunner().invoke(main, [
+        "generate", str(tmp_path / "out"), "It is a truth universally acknowledged", "--keep-ratio", "0.5", "--max-new-tokens", "5",
+    ])
+    assert cli.exit_code == 0, cli.output
+    generated = open_generator(tmp_path / "out").generate(["It is a truth universally acknowledged"], keep_ratio=0.5, max_new_tokens=5)
+    assert cli.stdout == generated.texts[0] + "\n" and len(generated.token_ids[0]) == 5
