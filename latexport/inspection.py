@@ -50,7 +50,7 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         f"family / task       {metadata.family} / {metadata.task}"
         + (f" ({metadata.problem_type})" if metadata.problem_type else "")
         + (f", {metadata.pooling} pooling" if metadata.pooling else ""),
-        f"inputs -> output    {', '.join(metadata.input_names)} -> {', '.join(metadata.output_names)}",
+        f"inputs -> output    {', '.join(metadata.input_names)} -> {describe_outputs(metadata)}",
         f"labels              {', '.join(metadata.labels) if metadata.labels else '-'}",
         f"max length          {metadata.max_length}",
         f"profile             kept fraction after layer l = keep_ratio ** ((l / {profile.num_layers}) ** {profile.power:g})",
@@ -58,10 +58,8 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         f"graph variant       {' + '.join(metadata.optimizations) or 'float32, unfused'}",
     ]
     if metadata.generation is not None:
-        lines.append(
-            f"decoder graphs      {metadata.generation['decoder']}, {metadata.generation['decoder_with_past']} "
-            "(the estimates below are the encoder's)"
-        )
+        graphs = [metadata.generation[name] for name in ("decoder", "decoder_with_past") if name in metadata.generation]
+        lines.append(f"decoder graphs      {', '.join(graphs)} (the estimates below are the prompt pass's)")
     lines += [
         "",
         f"At keep_ratio {keep_ratio:g} and {seq_len} tokens:",
@@ -76,3 +74,9 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         row = plan(metadata, seq_len, ratio)
         lines.append(f"{ratio:>10g} {row.estimated_speedup:>12.2f}x {row.counts[-1][1]:>19}")
     return "\n".join(lines)
+
+
+def describe_outputs(metadata: ModelMetadata) -> str:
+    if metadata.task == "text-generation":
+        return f"{metadata.output_name}, present.{{0..{metadata.profile.num_layers - 1}}}.{{key,value,mask}}"
+    return ", ".join(metadata.output_names)
