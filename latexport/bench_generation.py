@@ -74,7 +74,7 @@ def bench_generation(
 ) -> GenerationBenchResult:
     """Time generation from random ``prompt_tokens``-token prompts at each ratio (module doc)."""
     generator = open_generator(model_dir, provider=provider, intra_op_threads=threads)
-    metadata = (generator.encoder if hasattr(generator, "encoder") else generator.prompt).metadata
+    metadata = generator.session.metadata
     feed = make_feed(metadata, batch, prompt_tokens, mixed_lengths=False)
     ratios = tuple(dict.fromkeys((1.0, *keep_ratios)))
     runs: dict[str, list] = {f"{ratio:g}": [] for ratio in ratios}

@@ -87,6 +87,8 @@ class Seq2SeqGenerator:
         session: Optional[LatencyAdjustableSession] = None,
     ):
         self.encoder = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
+        #: The session of model.onnx, the pruned prompt pass (here the encoder).
+        self.session = self.encoder
         self.model_dir = self.encoder.model_dir
         self.settings = _generation_settings(self.encoder, self.task)
         options = self.encoder.session.get_session_options()
@@ -167,6 +169,8 @@ class CausalGenerator:
         session: Optional[LatencyAdjustableSession] = None,
     ):
         self.prompt = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
+        #: The session of model.onnx, the pruned prompt pass.
+        self.session = self.prompt
         self.model_dir = self.prompt.model_dir
         self.settings = _generation_settings(self.prompt, self.task)
         options = self.prompt.session.get_session_options()
