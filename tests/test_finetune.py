@@ -181,3 +181,17 @@ def test_a_t5_classifier_fine_tunes_and_converts(tmp_path, data):
     assert result.steps == 12 and set(result.validation) >= {"1.0", "0.1"}
     converted = convert(str(out), tmp_path / "onnx")
     assert converted.report.passed and converted.metadata.labels == ["negative", "positive"]
+
+
+def test_a_gpt2_classifier_fine_tunes_and_converts(tmp_path, data):
+    """Causal ACC and the last-token head train through the same loop."""
+    from tiny import make_decoder_checkpoint
+
+    checkpoint = make_decoder_checkpoint(tmp_path / "gpt2", "gpt2", task="text-generation")
+    out = tmp_path / "lat"
+    result = finetune(str(checkpoint), out, data["train"], data["validation"],
+                      settings=FinetuneSettings(**{**SMALL, "epochs": 2}), progress=False)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+    assert result.steps == 12 and set(result.validation) >= {"1.0", "0.1"}
+    converted = convert(str(out), tmp_path / "onnx")
+    assert converted.report.passed and converted.metadata.task == "text-classification"
