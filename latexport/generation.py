@@ -77,7 +77,49 @@ class Generation:
     first_logits: Optional[np.ndarray] = None
 
 
-class Seq2SeqGenerator:
+class PrunedPromptGenerator:
+    """What both generators share: ``session``, the pruned prompt pass (model.onnx) with the
+    tokenizer, the generation settings its metadata records, and ``generate``."""
+
+    task: str
+
+    def __init__(
+        self, model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn",
+        session: Optional[LatencyAdjustableSession] = None,
+    ):
+        self.session = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
+        self.model_dir = self.session.model_dir
+        self.settings = _generation_settings(self.session, self.task)
+        self._options = self.session.session.get_session_options()
+        self._providers = choose_providers(provider)
+
+    def _load_graph(self, setting: str):
+        return load_session(self.model_dir / self.settings[setting], self._providers, self._options)
+
+    @property
+    def default_keep_ratio(self) -> float:
+        return self.session.default_keep_ratio
+
+    def generate_ids(self, inputs, keep_ratio=None, max_new_tokens=32, sampling=None, min_new_tokens=0) -> Generation:
+        """Greedy or sampled continuation of tokenised prompts: each generator's own loop."""
+        raise NotImplementedError
+
+    def generate(
+        self,
+        prompts: Union[str, Sequence[str]],
+        keep_ratio: KeepRatio = None,
+        max_new_tokens: int = 32,
+        sampling: Optional[Sampling] = None,
+        min_new_tokens: int = 0,
+    ) -> Generation:
+        """Tokenise, generate and decode; ``texts`` holds each prompt's continuation."""
+        inputs = self.session.encode(prompts)
+        result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling, min_new_tokens)
+        result.texts = self.session.decode(result.token_ids)
+        return result
+
+
+class Seq2SeqGenerator(PrunedPromptGenerator):
     """A converted text2text-generation directory (``latexport convert --task text2text-generation``)."""
 
     task = "text2text-generation"
@@ -86,21 +128,12 @@ class Seq2SeqGenerator:
         self, model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn",
         session: Optional[LatencyAdjustableSession] = None,
     ):
-        self.encoder = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
-        #: The session of model.onnx, the pruned prompt pass (here the encoder).
-        self.session = self.encoder
-        self.model_dir = self.encoder.model_dir
-        self.settings = _generation_settings(self.encoder, self.task)
-        options = self.encoder.session.get_session_options()
-        providers = choose_providers(provider)
-        self.decoder = load_session(self.model_dir / self.settings["decoder"], providers, options)
-        self.decoder_with_past = load_session(self.model_dir / self.settings["decoder_with_past"], providers, options)
+        super().__init__(model_dir, provider, intra_op_threads, truncation, session)
+        self.encoder = self.session
+        self.decoder = self._load_graph("decoder")
+        self.decoder_with_past = self._load_graph("decoder_with_past")
         self._present_names = [output.name for output in self.decoder.get_outputs()][1:]
         self._self_attention_present = [output.name for output in self.decoder_with_past.get_outputs()][1:]
-
-    @property
-    def default_keep_ratio(self) -> float:
-        return self.encoder.default_keep_ratio
 
     def encode_states(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> tuple[np.ndarray, np.ndarray]:
         """The encoder's kept states [B, K, D] and their mask [B, K] (int64, 1 = kept)."""
@@ -144,22 +177,8 @@ class Seq2SeqGenerator:
             prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
         )
 
-    def generate(
-        self,
-        prompts: Union[str, Sequence[str]],
-        keep_ratio: KeepRatio = None,
-        max_new_tokens: int = 32,
-        sampling: Optional[Sampling] = None,
-        min_new_tokens: int = 0,
-    ) -> Generation:
-        """Tokenise, generate and decode; ``texts`` holds each prompt's continuation."""
-        inputs = self.encoder.encode(prompts)
-        result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling, min_new_tokens)
-        result.texts = self.encoder.decode(result.token_ids)
-        return result
 
-
-class CausalGenerator:
+class CausalGenerator(PrunedPromptGenerator):
     """A converted decoder-only directory (``latexport convert --task text-generation``)."""
 
     task = "text-generation"
@@ -168,22 +187,12 @@ class CausalGenerator:
         self, model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn",
         session: Optional[LatencyAdjustableSession] = None,
     ):
-        self.prompt = session or LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)
-        #: The session of model.onnx, the pruned prompt pass.
-        self.session = self.prompt
-        self.model_dir = self.prompt.model_dir
-        self.settings = _generation_settings(self.prompt, self.task)
-        options = self.prompt.session.get_session_options()
-        self.decoder_with_past = load_session(
-            self.model_dir / self.settings["decoder_with_past"], choose_providers(provider), options
-        )
+        super().__init__(model_dir, provider, intra_op_threads, truncation, session)
+        self.prompt = self.session
+        self.decoder_with_past = self._load_graph("decoder_with_past")
         layers = self.prompt.metadata.profile.num_layers
         self._present_names = cache_names(layers, "present")
         self._past_names = cache_names(layers, "past")
-
-    @property
-    def default_keep_ratio(self) -> float:
-        return self.prompt.default_keep_ratio
 
     def prefill(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> tuple[np.ndarray, dict]:
         """The pruned prompt pass: next-token logits [B, V] and the cache, keyed by the decode step's input names."""
@@ -227,20 +236,6 @@ class CausalGenerator:
             kept_tokens=cache[self._past_names[-1]].sum(axis=1).tolist(),
             prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
         )
-
-    def generate(
-        self,
-        prompts: Union[str, Sequence[str]],
-        keep_ratio: KeepRatio = None,
-        max_new_tokens: int = 32,
-        sampling: Optional[Sampling] = None,
-        min_new_tokens: int = 0,
-    ) -> Generation:
-        """Tokenise, generate and decode; ``texts`` holds each prompt's continuation."""
-        inputs = self.prompt.encode(prompts)
-        result = self.generate_ids(inputs, keep_ratio, max_new_tokens, sampling, min_new_tokens)
-        result.texts = self.prompt.decode(result.token_ids)
-        return result
 
 
 def open_generator(model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn"):

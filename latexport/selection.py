@@ -98,10 +98,11 @@ def gather_rows(states: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     return states.flatten(0, 1)[flat_index]
 
 
-def keeps_everything(valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """True when every sample keeps all it has and the tensor has no spare width."""
+def keeps_everything(valid: torch.Tensor, keep: torch.Tensor, widest: torch.Tensor) -> torch.Tensor:
+    """True when every sample keeps all it has and the tensor has no spare width
+    (``widest``: ``keep.max()``, computed once for this and ``drop_tokens``)."""
     alive = valid.to(torch.int64).sum(dim=1)
-    return torch.logical_and(keep.max() == valid.shape[1], (keep == alive).all())
+    return torch.logical_and(widest == valid.shape[1], (keep == alive).all())
 
 
 def drop_tokens(
@@ -112,6 +113,7 @@ def drop_tokens(
     residual: torch.Tensor,
     mixed: torch.Tensor,
     positions: torch.Tensor,
+    widest: torch.Tensor,
     causal: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
@@ -119,7 +121,7 @@ def drop_tokens(
     batch, width = valid.shape
     scores = acc_scores(probs, valid, causal)
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
-    kept, kept_valid = rank_and_pick(scores, keep, int(keep.max()))
+    kept, kept_valid = rank_and_pick(scores, keep, int(widest))
     row_offset = torch.arange(batch, dtype=torch.int64, device=kept.device).unsqueeze(1) * width
     flat_index = kept + row_offset
     return (
@@ -155,10 +157,11 @@ def select_tokens(
     layer is left untouched: the exported If skips scoring and gathers, so a
     layer that keeps everything costs nothing extra.
     """
-    if bool(keeps_everything(valid, keep)):
+    widest = keep.max()
+    if bool(keeps_everything(valid, keep, widest)):
         return residual, mixed, valid, positions
     residual, mixed, kept_valid, positions, _ = drop_tokens(
-        probs, valid, always_keep, keep, residual, mixed, positions, causal
+        probs, valid, always_keep, keep, residual, mixed, positions, widest, causal
     )
     return residual, mixed, kept_valid, positions
 
@@ -183,9 +186,12 @@ def select_tokens_and_bias(
     survivors' original positions, so every kept pair keeps its original
     distance.
     """
-    if bool(keeps_everything(valid, keep)):
+    widest = keep.max()
+    if bool(keeps_everything(valid, keep, widest)):
         return residual, mixed, valid, positions, bias
-    residual, mixed, kept_valid, positions, _ = drop_tokens(probs, valid, always_keep, keep, residual, mixed, positions)
+    residual, mixed, kept_valid, positions, _ = drop_tokens(
+        probs, valid, always_keep, keep, residual, mixed, positions, widest
+    )
     return residual, mixed, kept_valid, positions, relative_position_bias(distance_table, positions, kept_valid)
 
 
