@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latexport.assets import MINILM, cache_dir, fetch
-from latexport.atomic import write_text_atomic
+from latexport.atomic import save_figure_atomic, write_text_atomic
 from latexport.corpora import splits
 from latexport.evaluate import evaluate, render, tune
 from latexport.export import convert
@@ -152,8 +152,7 @@ def plot(summary: dict, path: Path) -> None:
     accuracy_axis.legend(lines[0] + extra[0], lines[1] + extra[1], loc="lower left", fontsize=8)
     accuracy_axis.set_title(f"MiniLM-L6 on {summary['task']} ({summary['kind']}), batch {summary['eval_batch']}", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure_atomic(figure, path)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from latexport.atomic import write_text_atomic
+from latexport.atomic import save_figure_atomic, write_text_atomic
 from latexport.calibration import calibrate, render
 from latexport.corpora import splits
 from latexport.runtime import LatencyAdjustableSession
@@ -163,7 +163,7 @@ def plot(rows: list[dict], path: Path) -> None:
     left.grid(alpha=0.3, which="both")
     right.grid(alpha=0.3, which="both")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path)
 
 
 def main() -> None:

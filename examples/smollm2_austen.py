@@ -31,13 +31,12 @@ import argparse
 import json
 import logging
 import time
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 
 from latexport.assets import cache_dir, smollm2_checkpoint
-from latexport.atomic import write_bytes_atomic, write_text_atomic
+from latexport.atomic import save_figure_atomic, write_text_atomic
 from latexport.bench_generation import bench_generation
 from latexport.corpora import SPLIT_SEED, austen_novels
 from latexport.export import convert
@@ -194,10 +193,7 @@ def plot(report: dict, path: Path) -> None:
         f"{report['steps']} fine-tuning steps, CPU {report['threads']} threads"
     )
     figure.tight_layout()
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
+    save_figure_atomic(figure, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def save_figure_atomic(figure, path: Path, dpi: int = 120) -> None:
+    """A matplotlib figure as a PNG at ``path`` (parents created), then closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 class TerminatedError(KeyboardInterrupt):
     """SIGTERM arrived while an atomic directory was being built."""
 

@@ -15,14 +15,13 @@ import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import onnxruntime as ort
 
-from latexport.atomic import write_bytes_atomic
+from latexport.atomic import save_figure_atomic
 from latexport.errors import InvalidInputError
 from latexport.estimate import estimated_speedup
 from latexport.memory import measure_peak_memory
@@ -294,8 +293,4 @@ def plot(result: BenchResult, path: Path, title: Optional[str] = None) -> None:
     axis.legend(fontsize=8)
     axis.set_title(title or f"batch {result.batch}, sequence {result.seq_len}, {result.provider}")
     figure.tight_layout()
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, buffer.getvalue())
+    save_figure_atomic(figure, path)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import onnxruntime as ort
 
-from latexport.atomic import write_bytes_atomic
+from latexport.atomic import save_figure_atomic
 from latexport.bench import interleaved, make_feed
 from latexport.estimate import estimated_speedup
 from latexport.generation import open_generator
@@ -154,8 +153,4 @@ def plot_generation(result: GenerationBenchResult, path: Path, title: Optional[s
         title or f"generation, prompt {result.prompt_tokens} tokens, batch {result.batch}, {result.provider}"
     )
     figure.tight_layout()
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, buffer.getvalue())
+    save_figure_atomic(figure, path, dpi=110)

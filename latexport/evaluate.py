@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from latexport.atomic import write_bytes_atomic
+from latexport.atomic import save_figure_atomic, write_bytes_atomic
 from latexport.data import Columns, encode_labels, read_examples, regression_targets
 from latexport.errors import LatexportError
 from latexport.estimate import estimated_speedup
@@ -167,9 +167,7 @@ def plot(evaluation: Evaluation, path: Path, title: Optional[str] = None) -> Non
     metric_axis.grid(True, alpha=0.3)
     metric_axis.set_title(title or Path(evaluation.model_dir).name)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure_atomic(figure, path)
 
 
 # --- offline tuning -----------------------------------------------------------

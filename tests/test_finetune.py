@@ -169,29 +169,21 @@ def test_lat_recipe_samples_the_smallest_ratio_and_log_uniform_others():
     assert abs(np.mean(logs) - np.log(0.05) / 2) < 0.25  # log-uniform: mean of log is halfway
 
 
-def test_a_t5_classifier_fine_tunes_and_converts(tmp_path, data):
-    """The family loop trains T5ForSequenceClassification (encoder pruned, decoder read at the last </s>)."""
-    from tiny import make_t5_checkpoint
+@pytest.mark.parametrize("family", ["t5", "gpt2"])
+def test_other_families_fine_tune_and_convert(tmp_path, data, family):
+    """The family loop trains T5ForSequenceClassification (encoder pruned, decoder read at the
+    last </s>) and GPT2ForSequenceClassification (causal ACC, last-token head)."""
+    from tiny import make_decoder_checkpoint, make_t5_checkpoint
 
-    checkpoint = make_t5_checkpoint(tmp_path / "t5", flan=True, task="feature-extraction")
+    if family == "t5":
+        checkpoint, architecture = make_t5_checkpoint(tmp_path / family, flan=True, task="feature-extraction"), "T5ForSequenceClassification"
+    else:
+        checkpoint, architecture = make_decoder_checkpoint(tmp_path / family, "gpt2"), "GPT2ForSequenceClassification"
     out = tmp_path / "lat"
     result = finetune(str(checkpoint), out, data["train"], data["validation"],
                       settings=FinetuneSettings(**{**SMALL, "epochs": 2}), progress=False)
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["T5ForSequenceClassification"]
-    assert result.steps == 12 and set(result.validation) >= {"1.0", "0.1"}
-    converted = convert(str(out), tmp_path / "onnx")
-    assert converted.report.passed and converted.metadata.labels == ["negative", "positive"]
-
-
-def test_a_gpt2_classifier_fine_tunes_and_converts(tmp_path, data):
-    """Causal ACC and the last-token head train through the same loop."""
-    from tiny import make_decoder_checkpoint
-
-    checkpoint = make_decoder_checkpoint(tmp_path / "gpt2", "gpt2", task="text-generation")
-    out = tmp_path / "lat"
-    result = finetune(str(checkpoint), out, data["train"], data["validation"],
-                      settings=FinetuneSettings(**{**SMALL, "epochs": 2}), progress=False)
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == [architecture]
     assert result.steps == 12 and set(result.validation) >= {"1.0", "0.1"}
     converted = convert(str(out), tmp_path / "onnx")
     assert converted.report.passed and converted.metadata.task == "text-classification"
+    assert converted.metadata.labels == ["negative", "positive"]

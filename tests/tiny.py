@@ -37,6 +37,12 @@ BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]",
 ROBERTA_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
 
 
+def name_labels(config, num_labels: int) -> None:
+    """label_a, label_b, ...: classification checkpoints record their label names."""
+    config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
+    config.label2id = {name: i for i, name in config.id2label.items()}
+
+
 def tiny_tokenizer(specials: dict[str, str], max_length: int) -> PreTrainedTokenizerFast:
     order = ["cls", "pad", "sep", "unk", "mask"] if specials is ROBERTA_SPECIALS else ["pad", "unk", "cls", "sep", "mask"]
     pieces = WORDS + [c for c in LETTERS if c not in WORDS] + [f"##{c}" for c in LETTERS]
@@ -112,8 +118,7 @@ def make_t5_checkpoint(
     """A tiny random T5 or Flan-T5 checkpoint for ``task``."""
     config = tiny_t5_config(flan, num_labels=num_labels, **sizes)
     if task == "text-classification":
-        config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
-        config.label2id = {v: k for k, v in config.id2label.items()}
+        name_labels(config, num_labels)
     torch.manual_seed(seed)
     if task == "text-classification":
         model = AutoModelForSequenceClassification.from_config(config)
@@ -176,8 +181,7 @@ def make_decoder_checkpoint(
 
     config = tiny_decoder_config(family, num_labels=num_labels, **sizes)
     if task == "text-classification":
-        config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
-        config.label2id = {v: k for k, v in config.id2label.items()}
+        name_labels(config, num_labels)
     torch.manual_seed(seed)
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModelForCausalLM
     model = auto.from_config(config)
@@ -228,8 +232,7 @@ def make_checkpoint(
     """Write a tiny random checkpoint (config, weights, tokenizer) to ``directory``."""
     config = tiny_config(family, num_labels=num_labels, **sizes)
     if task == "text-classification" and num_labels > 1:
-        config.id2label = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
-        config.label2id = {v: k for k, v in config.id2label.items()}
+        name_labels(config, num_labels)
     torch.manual_seed(seed)
     auto = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     model = auto.from_config(config)
