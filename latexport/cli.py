@@ -312,6 +312,45 @@ def finetune(model, out_dir, train_data, validation_data, text_column, text_pair
     click.echo(f"wrote {out_dir} after {result.steps} steps in {result.seconds:.0f} s; validation by keep_ratio {{{scores}}}")
 
 
+@main.command(name="finetune-lm")
+@click.argument("model")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Checkpoint directory to write.")
+@click.option("--text", "sources", required=True, multiple=True,
+              help="Training text (repeatable): a .txt file is one document; CSV, TSV, JSON Lines or a hub name:split give one per row.")
+@click.option("--text-column", default="text", show_default=True, help="Column of the documents in tabular data.")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(1), help="Training steps, one span each.")
+@click.option("--prompt-tokens", default=512, show_default=True, type=click.IntRange(2), help="Prompt length of each span (the pruned pass).")
+@click.option("--scored-tokens", default=64, show_default=True, type=click.IntRange(1), help="Continuation tokens scored after each prompt.")
+@click.option("--learning-rate", default=2e-5, show_default=True, type=float)
+@click.option("--recipe", type=click.Choice(["lat", "plain"]), default="lat", show_default=True,
+              help="lat: full prompt pass plus pruned ones distilled from it; plain: ordinary fine-tuning.")
+@click.option("--min-keep-ratio", default=0.005, show_default=True, type=float, help="Smallest keep ratio trained for.")
+@click.option("--power", default=1.5, show_default=True, type=float, help="Elimination profile shape trained for (convert reuses it).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+def finetune_lm(model, out_dir, sources, text_column, steps, prompt_tokens, scored_tokens, learning_rate, recipe,
+                min_keep_ratio, power, seed, overwrite):
+    """Fine-tune a decoder-only MODEL so that its pruned prompt pass keeps predicting the continuation.
+
+    Each step scores the continuation of one random span after the full prompt
+    pass and, with --recipe lat, after pruned ones (--min-keep-ratio and one
+    log-uniform ratio), distilled from the full pass. Writes an ordinary
+    Hugging Face checkpoint that `latexport convert --task text-generation` takes.
+    There is no resume: an interrupted run starts again.
+    """
+    from latexport.data import read_documents
+    from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
+
+    settings = LanguageModelSettings(
+        recipe=recipe, steps=steps, prompt_tokens=prompt_tokens, scored_tokens=scored_tokens, learning_rate=learning_rate,
+        min_keep_ratio=min_keep_ratio, power=power, seed=seed,
+    )
+    documents = [text for source in sources for text in read_documents(source, text_column)]
+    losses = finetune_language_model(model, out_dir, documents, settings, overwrite=overwrite)
+    tail = losses[-min(len(losses), 20):]
+    click.echo(f"wrote {out_dir} after {steps} steps; mean loss of the last {len(tail)}: {sum(tail) / len(tail):.4f}")
+
+
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="Labelled CSV, TSV or JSON Lines file, or hub dataset name:split.")

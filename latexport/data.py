@@ -56,6 +56,23 @@ def read_examples(source: str, columns: Columns = Columns(), require_labels: boo
     return _to_examples(source, rows, columns, require_labels)
 
 
+def read_documents(source: str, text_column: str = "text") -> list[str]:
+    """Unlabelled documents for language-model fine-tuning: a plain-text file (.txt, .md)
+    is one document; any source ``read_examples`` reads gives one per row of ``text_column``."""
+    path = Path(source)
+    if path.suffix.lower() in (".txt", ".md"):
+        if not path.is_file():
+            raise DataError(f"{source}: no such text file")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: cannot read ({error})") from error
+        if not text.strip():
+            raise DataError(f"{source}: the file is empty")
+        return [text]
+    return read_examples(source, Columns(text=text_column), require_labels=False).texts
+
+
 def _read_file(path: Path) -> list[tuple[int, dict]]:
     suffix = path.suffix.lower()
     try:

@@ -10,8 +10,9 @@ the full pass's predictions (in-place distillation, weight 0.5), the sandwich
 rule ``latexport finetune`` uses for classifiers.  ``recipe="plain"`` is
 ordinary language-model fine-tuning on the same spans, the reference.
 
-This is the recipe of ``examples/smollm2_austen.py``; it has no resume and no
-command of its own yet.
+``latexport finetune-lm`` runs it from the command line and
+``examples/smollm2_austen.py`` measures it.  It has no resume: a run
+checkpoints once, at the end.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ RECIPES = ("lat", "plain")
 @dataclass(frozen=True)
 class LanguageModelSettings:
     recipe: str = "lat"
-    steps: int = 100
+    steps: int = 300
     prompt_tokens: int = 512
     scored_tokens: int = 64
     learning_rate: float = 2e-5
-    min_keep_ratio: float = 0.01
+    min_keep_ratio: float = 0.005
     sampled_ratios: int = 1
     distill_weight: float = 0.5
     power: float = DEFAULT_POWER

@@ -316,3 +316,34 @@ def test_language_model_fine_tuning_writes_a_checkpoint_that_converts(decoder_ch
     assert converted.report.passed and converted.metadata.profile.power == 1.0
     with pytest.raises(SettingsError, match="recipe"):
         LanguageModelSettings(recipe="sandwich")
+
+
+def test_finetune_lm_command_reads_text_files_and_rows(decoder_checkpoints, tmp_path):
+    """The command trains from a .txt document plus JSON Lines rows, with the library's defaults,
+    and refuses texts too short for one span with a clear message."""
+    import inspect as signature_inspect
+
+    from latexport.finetune_lm import LanguageModelSettings
+
+    (tmp_path / "novel.txt").write_text(" ".join(["the film and the story of the movie"] * 30))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"body": " ".join(["a story of the film"] * 40)}) + "\n")
+    checkpoint = str(decoder_checkpoints[("llama", "text-generation")])
+    result = CliRunner().invoke(main, [
+        "finetune-lm", checkpoint, "-o", str(tmp_path / "lm"), "--text", str(tmp_path / "novel.txt"),
+        "--text", str(tmp_path / "rows.jsonl"), "--text-column", "body", "--steps", "2", "--prompt-tokens", "24",
+        "--scored-tokens", "6", "--power", "1.0",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "after 2 steps" in result.stdout
+    record = json.loads((tmp_path / "lm" / "latexport_finetune.json").read_text())
+    assert record["settings"]["min_keep_ratio"] == LanguageModelSettings.min_keep_ratio and record["power"] == 1.0
+    options = {option.name: option.default for option in main.commands["finetune-lm"].params}
+    defaults = {name: parameter.default for name, parameter in signature_inspect.signature(LanguageModelSettings).parameters.items()}
+    for name in ("steps", "prompt_tokens", "scored_tokens", "learning_rate", "recipe", "min_keep_ratio", "power", "seed"):
+        assert options[name] == defaults[name], name
+
+    too_short = CliRunner().invoke(main, ["finetune-lm", checkpoint, "-o", str(tmp_path / "x"), "--text", str(tmp_path / "novel.txt")])
+    assert too_short.exit_code == 2 and "no training text is longer than 576 tokens" in too_short.output
+    (tmp_path / "empty.txt").write_text("  \n")
+    empty = CliRunner().invoke(main, ["finetune-lm", checkpoint, "-o", str(tmp_path / "y"), "--text", str(tmp_path / "empty.txt")])
+    assert empty.exit_code == 2 and "empty" in empty.output and not (tmp_path / "y").exists()
