@@ -32,7 +32,7 @@ from latexport.finetune import FinetuneSettings, finetune
 
 TUNE_RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03)
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03)
+RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03)
 
 
 @dataclass
@@ -56,7 +56,7 @@ TASKS = {
     "rotten_tomatoes": Task("rotten_tomatoes", "short texts: movie-review sentiment", 64, 32, 32, 2),
     "trec": Task("trec", "short texts: question classification", 48, 32, 32, 3),
     "austen": Task("austen", "long texts: which Austen novel a 200-word passage is from", 256, 16, 8, 2,
-                   train_limit=1000),
+                   train_limit=1200),
 }
 
 
@@ -78,7 +78,7 @@ def run_task(task: Task, work: Path) -> dict:
     for recipe in ("plain", "lat"):
         start = time.perf_counter()
         settings = task.settings(recipe)
-        checkpoint = work / f"{recipe}-checkpoint"
+        checkpoint = work / f"{recipe}-checkpoint-{Path(train).stem}"  # a finished run is reused only for the same data
         record_path = checkpoint / "latexport_finetune.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         if not (record.get("completed") and record.get("fingerprint") == settings.fingerprint()):

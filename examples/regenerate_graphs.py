@@ -1,4 +1,4 @@
-"""Regenerate everything in graphs/, one benchmark after the other (about 2 hours on 2 cores).
+"""Regenerate everything in graphs/, one benchmark after the other (about 2.5 hours on 2 cores).
 
     python examples/regenerate_graphs.py
 
