@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from latexport.assets import MINILM, cache_dir, fetch
@@ -81,7 +81,8 @@ def run_task(task: Task, work: Path) -> dict:
         checkpoint = work / f"{recipe}-checkpoint-{Path(train).stem}"  # a finished run is reused only for the same data
         record_path = checkpoint / "latexport_finetune.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        if not (record.get("completed") and record.get("fingerprint") == settings.fingerprint()):
+        recorded = replace(settings, power=record.get("power", settings.power))  # the record holds the resolved power
+        if not (record.get("completed") and record.get("fingerprint") == recorded.fingerprint()):
             finetune(base, checkpoint, train, str(files["validation"]), settings=settings, overwrite=True)
         timings[f"finetune {recipe}"] = time.perf_counter() - start
         start = time.perf_counter()
