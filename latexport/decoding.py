@@ -14,18 +14,16 @@ modules of the loaded model, as the prefill does.
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 from typing import Optional
 
-import onnx_ir as ir
 import torch
 from torch import nn
 
 from latexport.families.decoder import DecoderFamily
 from latexport.metadata import cache_names
 from latexport.model import LatencyAdjustableModel
+from latexport.tracing import save_traced, trace
 
 
 class LayerCache:
@@ -143,24 +141,7 @@ def export_decode_step(lat: LatencyAdjustableModel, path: Path, opset: int) -> N
     # Traced with two new tokens so that nothing is specialised to one; generation feeds one.
     input_ids = torch.full((next_positions.shape[0], 2), 7, dtype=torch.int64)
     next_positions = torch.cat([next_positions, next_positions + 1], dim=1)
-    traced_path = path.with_name(path.name + ".traced")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            step,
-            (input_ids, next_positions, *past),
-            str(traced_path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    model = ir.load(str(traced_path))
-    model.producer_name = "latexport"
-    ir.save(model, str(path))
-    os.unlink(traced_path)
+    save_traced(trace(step, (input_ids, next_positions, *past), path, input_names, output_names, dynamic_axes, opset), path)
 
 
 class PyTorchGenerator:

@@ -40,6 +40,7 @@ from latexport.optimize import (
 )
 from latexport.passes import finish_saved_model, hide_outputs, set_metadata, with_int64_outputs
 from latexport.profile import DEFAULT_POWER, EliminationProfile
+from latexport.tracing import save_traced, trace
 from latexport.validate import (
     DEFAULT_RATIOS,
     ValidationReport,
@@ -137,17 +138,14 @@ def export_onnx(
     path: Path,
     fusion_target: Optional[str] = None,
 ) -> None:
-    """Trace with the TorchScript exporter and post-process into ``path``.
+    """Trace (``latexport.tracing``) and post-process into ``path``.
 
     With a ``fusion_target`` ONNX Runtime's transformer fusions run on the traced
     graph while the kept-positions taps are still outputs, so that no fusion
     can prune them away before validation reads them.
 
-    The TorchScript exporter takes the data-dependent k of every layer as a
-    tensor (the dynamo exporter does too, but its graphs ran 5-25% slower in
-    ONNX Runtime and it exports 7x slower).  k is never turned into a Python
-    number outside the scripted selection, so nothing is baked in at the
-    traced ratio; validation at several ratios proves it.
+    k is never turned into a Python number outside the scripted selection, so
+    nothing is baked in at the traced ratio; validation at several ratios proves it.
     """
     with_token_types = "token_type_ids" in metadata.input_names
     if metadata.task == TASK_GENERATION:
@@ -174,29 +172,18 @@ def export_onnx(
     for layer, tap in enumerate(metadata.kept_positions_taps):
         dynamic_axes[tap] = {0: "batch", 1: f"kept_{layer}"}
 
-    traced_path = path.with_name(path.name + ".traced")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            tuple(args),
-            str(traced_path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=metadata.input_names,
-            output_names=[*metadata.output_names, *metadata.kept_positions_taps],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+    traced_path = trace(
+        wrapper, tuple(args), path, metadata.input_names, [*metadata.output_names, *metadata.kept_positions_taps],
+        dynamic_axes, OPSET,
+    )
     if fusion_target is not None:
         fuse_transformer_ops(traced_path, metadata.flops, fusion_target, lat.family.ort_model_type)
-    model = ir.load(str(traced_path))
-    hide_outputs(model, metadata.kept_positions_taps)
-    set_metadata(model, metadata.to_props())
-    model.producer_name = "latexport"
-    model.producer_version = __version__
-    ir.save(model, str(path))
-    os.unlink(traced_path)
+
+    def finish(model: ir.Model) -> None:
+        hide_outputs(model, metadata.kept_positions_taps)
+        set_metadata(model, metadata.to_props())
+
+    save_traced(traced_path, path, finish)
 
 
 def export_decoders(checkpoint: str, out_dir: Path) -> None:
