@@ -7,6 +7,7 @@ Grouped-query attention: the cache holds the key/value heads, not the query head
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -22,11 +23,9 @@ class LlamaFamily(DecoderFamily):
     ort_model_type = "gpt2"  # ONNX Runtime's optimizer has no Llama type; not used for fusions
 
     def layer_shape(self, config) -> LayerShape:
-        return LayerShape(
-            num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_heads=config.num_attention_heads,
+        """The common shape, with the attention width heads x head_dim and a gated (3-matrix) feed-forward."""
+        return replace(
+            super().layer_shape(config),
             attention_size=config.num_attention_heads * self.head_dim(config),
             feed_forward_matrices=3,
         )
