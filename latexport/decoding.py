@@ -42,6 +42,10 @@ class LayerCache:
         self.layers[layer_idx] = (key, value)
         return key, value
 
+    def flat(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every layer's key, value and mask (``masks[l]``), in the graphs' order (``cache_names``)."""
+        return [tensor for layer, mask in enumerate(masks) for tensor in (*self.layers[layer], mask)]
+
 
 class PrefillWrapper(nn.Module):
     """Export signature of the prompt pass: (input_ids, attention_mask, keep_ratio) ->
@@ -55,9 +59,7 @@ class PrefillWrapper(nn.Module):
     def forward(self, input_ids, attention_mask, keep_ratio):
         cache = LayerCache()
         result = self.model(input_ids, attention_mask, None, keep_ratio, cache=cache)
-        outputs = [result.output]
-        for layer, mask in enumerate(result.cache_masks):
-            outputs.extend([*cache.layers[layer], mask])
+        outputs = [result.output, *cache.flat(result.cache_masks)]
         if self.with_kept_positions:
             outputs.extend(result.kept_positions)
         return tuple(outputs)
@@ -117,10 +119,7 @@ def example_cache(lat: LatencyAdjustableModel) -> tuple[list[torch.Tensor], torc
     cache = LayerCache()
     with torch.no_grad():
         result = lat(input_ids, attention_mask, None, 0.5, cache=cache)
-    past = []
-    for layer, mask in enumerate(result.cache_masks):
-        past.extend([*cache.layers[layer], mask])
-    return past, attention_mask.sum(dim=1, keepdim=True)
+    return cache.flat(result.cache_masks), attention_mask.sum(dim=1, keepdim=True)
 
 
 def export_decode_step(lat: LatencyAdjustableModel, path: Path, opset: int) -> None:
@@ -159,9 +158,7 @@ class PyTorchGenerator:
         attention_mask = torch.from_numpy(feed["attention_mask"])
         cache = LayerCache()
         result = self.lat(input_ids, attention_mask, None, torch.tensor(keep_ratio), cache=cache)
-        past = []
-        for layer, mask in enumerate(result.cache_masks):
-            past.extend([*cache.layers[layer], mask])
+        past = cache.flat(result.cache_masks)
         positions = attention_mask.sum(dim=1, keepdim=True)
         logits = first_logits = result.output
         tokens = []

@@ -65,7 +65,7 @@ def continuation_logits(
     prompt, continuation = span[:, :prompt_tokens], span[:, prompt_tokens:]
     cache = LayerCache()
     result = lat(prompt, torch.ones_like(prompt), None, keep_ratio, cache=cache)
-    past = [tensor for layer, mask in enumerate(result.cache_masks) for tensor in (*cache.layers[layer], mask)]
+    past = cache.flat(result.cache_masks)
     positions = torch.arange(prompt_tokens, span.shape[1]).unsqueeze(0)
     step_logits, *_ = step(continuation, positions, *past)
     return torch.cat([result.output.unsqueeze(1), step_logits[:, :-1]], dim=1)[0]

@@ -41,7 +41,7 @@ class LatencyAdjustableOutput:
     output: torch.Tensor
     kept_positions: list[torch.Tensor] = field(default_factory=list)
     attention_mask: Optional[torch.Tensor] = None
-    #: text-generation: ``cache_masks[l]`` [B, N_l] marks the real word-vectors among
+    #: text-generation with a ``cache``: ``cache_masks[l]`` [B, N_l] marks the real word-vectors among
     #: those that entered layer ``l`` (whose keys and values the cache holds).
     cache_masks: list[torch.Tensor] = field(default_factory=list)
 
@@ -100,7 +100,8 @@ class LatencyAdjustableModel(nn.Module):
         bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
         kept_positions, cache_masks = [], []
         for layer, exponent in zip(family.layers(core), self.exponents):
-            cache_masks.append(valid.to(torch.int64))
+            if cache is not None:
+                cache_masks.append(valid.to(torch.int64))
             attention_inputs = family.attention_inputs(core, valid, positions, hidden.dtype) if bias is None else bias
             mixed, probs = family.attend(layer, hidden, attention_inputs, cache)
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)

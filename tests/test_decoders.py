@@ -129,7 +129,7 @@ def test_decode_step_continues_exactly_like_a_longer_prompt(decoder_checkpoints)
     cache = LayerCache()
     with torch.no_grad():
         result = lat(feed["input_ids"], feed["attention_mask"], None, 1.0, cache=cache)
-        past = [tensor for layer, mask in enumerate(result.cache_masks) for tensor in (*cache.layers[layer], mask)]
+        past = cache.flat(result.cache_masks)
         new = torch.tensor([[5, 6, 7]] * 3)
         start = feed["attention_mask"].sum(dim=1, keepdim=True)
         logits, *_ = DecodeStep(loaded.model, loaded.family)(new, start + torch.arange(3), *past)
