@@ -17,6 +17,7 @@ from latexport.families import TASK_CLASSIFICATION, TASK_FEATURES, TASK_GENERATI
 from latexport.profile import EliminationProfile
 from latexport.selection import (
     keep_counts,
+    real_tokens_first,
     relative_position_bias,
     sanitize_keep_ratio,
     select_tokens,
@@ -34,8 +35,10 @@ class LatencyAdjustableOutput:
     text2text-generation the encoder's kept states [B, K, hidden], whose mask
     ([B, K], 1 for a real word-vector) is ``attention_mask``.
 
-    ``kept_positions[l]`` is [B, K_l]: the original positions of the
-    word-vectors alive after layer ``l``, in order, with -1 in surplus slots.
+    ``kept_positions[l]`` is [B, K_l]: the positions of the word-vectors alive
+    after layer ``l``, in order, with -1 in surplus slots.  A position is the
+    token's index among its row's real tokens, whichever side the row was
+    padded on (for a right-padded row: its column).
     """
 
     output: torch.Tensor
@@ -88,6 +91,10 @@ class LatencyAdjustableModel(nn.Module):
         ratio = sanitize_keep_ratio(keep_ratio)
         batch, width = input_ids.shape
 
+        order = real_tokens_first(attention_mask > 0)
+        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.gather(1, order)
         valid = attention_mask > 0
         valid_lengths = valid.sum(dim=1).to(torch.float32)
         positions = family.initial_positions(valid)
@@ -131,7 +138,8 @@ class LatencyAdjustableModel(nn.Module):
 
 
 def pool(hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Sentence embedding from the final word-vectors: mean over the valid ones, or [CLS]."""
+    """Sentence embedding from the final word-vectors: mean over the valid ones, or [CLS]
+    (column 0: rows are packed real tokens first, and [CLS] is always kept)."""
     if pooling == "cls":
         return hidden[:, 0]
     weights = valid.to(hidden.dtype).unsqueeze(-1)

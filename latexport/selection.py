@@ -39,7 +39,25 @@ def keep_counts(
     """
     fraction = torch.pow(keep_ratio, exponent)
     wanted = torch.ceil(valid_lengths * fraction - CEIL_SLACK).to(torch.int64)
-    return torch.minimum(wanted, alive).clamp(min=1)
+    # At least one word-vector survives, but never more than are real: a row of
+    # padding keeps nothing, so padding can never be picked as a real word-vector.
+    return torch.minimum(wanted.clamp(min=1), alive)
+
+
+def real_tokens_first(valid: torch.Tensor) -> torch.Tensor:
+    """[B, N] int64 column order that moves each row's real tokens to the front,
+    in their original order, and its padding behind them.
+
+    The layer loop gathers its inputs in this order first, so everything after
+    it sees right-padded rows: a token's position is its index among the real
+    tokens, [CLS] is column 0, and a row's result cannot depend on which side
+    (or how widely) it was padded.  A TopK over [B, N] integers: negligible
+    next to one layer.
+    """
+    width = valid.shape[1]
+    columns = torch.arange(width, dtype=torch.int64, device=valid.device).unsqueeze(0)
+    order_key = torch.where(valid, columns, columns + width)
+    return torch.remainder(torch.topk(order_key, width, dim=1, largest=False).values, width)
 
 
 def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -75,7 +93,7 @@ def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tupl
     """
     width = scores.shape[1]
     top_values = torch.topk(scores, widest, dim=1).values
-    threshold = top_values.gather(1, (keep - 1).unsqueeze(1))
+    threshold = top_values.gather(1, (keep - 1).clamp(min=0).unsqueeze(1))  # keep 0: nothing is chosen
     above = scores > threshold
     tied = scores == threshold
     tie_rank = torch.cumsum(tied.to(torch.int64), dim=1)
@@ -120,6 +138,7 @@ def drop_tokens(
     the indices into this layer's N, for state that must follow the survivors."""
     batch, width = valid.shape
     scores = acc_scores(probs, valid, causal)
+    always_keep = torch.logical_and(always_keep, valid)  # a pinned column that is padding stays padding
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
     kept, kept_valid = rank_and_pick(scores, keep, int(widest))
     row_offset = torch.arange(batch, dtype=torch.int64, device=kept.device).unsqueeze(1) * width

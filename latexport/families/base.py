@@ -95,7 +95,8 @@ class EncoderFamily:
         return core.encoder.layer
 
     def initial_positions(self, valid: torch.Tensor) -> torch.Tensor:
-        """[B, N] int64 position of every input token: its column."""
+        """[B, N] int64 position of every input token: its column (rows arrive packed,
+        real tokens first, so for a real token that is its index among the real ones)."""
         batch, width = valid.shape
         return torch.arange(width, dtype=torch.int64, device=valid.device).unsqueeze(0).expand(batch, width)
 
@@ -127,15 +128,20 @@ class EncoderFamily:
         return layer.output(layer.intermediate(attention_output), attention_output)
 
     def always_keep(self, valid: torch.Tensor) -> torch.Tensor:
-        """The token the head reads: [CLS] (or <s>), which stays at column 0."""
+        """The token the head reads: [CLS] (or <s>), each row's first real token.
+
+        Found from the mask, not assumed at column 0, so that padding can never be
+        pinned; the layer loop packs real tokens first, so it is column 0 there."""
         columns = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0)
-        return (columns == 0).expand_as(valid)
+        first = valid.to(torch.int64).argmax(dim=1, keepdim=True)
+        return torch.logical_and(columns == first, valid)
 
     def final_states(self, core: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Whatever the encoder applies after its last layer (post-LN encoders: nothing)."""
         return hidden
 
     def classify(self, model: nn.Module, hidden: torch.Tensor, valid: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """The task head on the final kept states ([B, K, D], ``valid`` [B, K]); [CLS] is at column 0."""
+        """The task head on the final kept states ([B, K, D], ``valid`` [B, K]); [CLS] is at
+        column 0 (packed rows, order-preserving selection, and [CLS] always kept)."""
         pooled = self.core(model).pooler(hidden)
         return model.classifier(model.dropout(pooled))
