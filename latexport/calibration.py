@@ -177,7 +177,11 @@ class LatencyModel:
         design = np.array(
             [cls.features(metadata.flops, metadata.profile, m["batch"], m["seq_len"], m["keep_ratio"]) for m in measurements]
         )
-        observed = np.array([m["median_ms"] for m in measurements])
+        observed = np.array([m["median_ms"] for m in measurements], dtype=np.float64)
+        if not measurements or not (np.isfinite(observed) & (observed > 0)).all():
+            raise InvalidInputError(
+                f"every calibration measurement needs a positive, finite median_ms (got {sorted(set(observed.tolist()))[:5]})"
+            )
         weights = 1.0 / observed
         active = list(range(design.shape[1]))
         solution = np.zeros(design.shape[1])

@@ -123,7 +123,8 @@ def _metrics(predictions: np.ndarray, targets: np.ndarray, regression: bool) -> 
         return {"pearson": pearson, "mse": float(np.mean((values - targets) ** 2))}
     predicted = predictions.argmax(axis=1)
     f1s = []
-    for label in np.unique(targets):
+    # Over the labels that occur as a target or a prediction, as scikit-learn's macro F1 counts them.
+    for label in np.union1d(targets, predicted):
         true_positive = np.sum((predicted == label) & (targets == label))
         precision = true_positive / max(np.sum(predicted == label), 1)
         recall = true_positive / max(np.sum(targets == label), 1)

@@ -172,18 +172,18 @@ def export_onnx(
     for layer, tap in enumerate(metadata.kept_positions_taps):
         dynamic_axes[tap] = {0: "batch", 1: f"kept_{layer}"}
 
-    traced_path = trace(
+    traced = trace(
         wrapper, tuple(args), path, metadata.input_names, [*metadata.output_names, *metadata.kept_positions_taps],
         dynamic_axes, OPSET,
     )
     if fusion_target is not None:
-        fuse_transformer_ops(traced_path, metadata.flops, fusion_target, lat.family.ort_model_type)
+        fuse_transformer_ops(traced.path, metadata.flops, fusion_target, lat.family.ort_model_type)
 
     def finish(model: ir.Model) -> None:
         hide_outputs(model, metadata.kept_positions_taps)
         set_metadata(model, metadata.to_props())
 
-    save_traced(traced_path, path, finish)
+    save_traced(traced, path, finish)
 
 
 def export_decoders(checkpoint: str, out_dir: Path) -> None:

@@ -1,19 +1,29 @@
 """Validation of an exported graph against its references, as optimum does.
 
 * At ``keep_ratio = 1.0`` ONNX Runtime must reproduce the unmodified
-  transformers model (logits or pooled embedding) within ``atol``.
-* At lower ratios it must reproduce our PyTorch implementation at the same
-  ratio: the same output within ``atol`` and the same kept word-vectors in
-  every layer.
+  transformers model (logits or pooled embedding) within ``atol``.  A
+  left-padded row is compared with what transformers gives for the same row
+  padded on the right: latexport reads a row the same whichever side it is
+  padded on, while BERT-style models in transformers count positions by
+  column and read [CLS] at column 0 (see the README's "Padding").
+* At every ratio, 1.0 included, it must reproduce the independent reference
+  (``latexport.reference``: each row alone through transformers' own layers,
+  ACC and the kept set in numpy): the same output within ``atol`` and the
+  same kept word-vectors in every layer.  This is what catches a bug in the
+  selection itself, which the graph and our PyTorch model share.
+* Below 1.0 it must also reproduce our PyTorch implementation at the same
+  ratio (outputs and kept word-vectors): the export itself is faithful.
 * An encoder-decoder (text2text-generation) also checks its decoder graphs:
   at 1.0 the teacher-forced logits against transformers and the greedy
   continuation token for token against ``generate``; at lower ratios the
   greedy continuation against ``generate`` fed our PyTorch encoder's kept
   states and mask.
 
-Inputs are a padded batch (so per-sample counts and masking are exercised)
-and a longer single sequence (so the sequence axis is exercised beyond the
-traced size).
+Inputs are a right-padded batch (per-sample counts and masking), a batch
+that mixes left and right padding and is wider than its longest row (so
+that even at 1.0 the first layer drops the surplus width: the dropping
+branch runs at every ratio), and a longer single sequence (the sequence
+axis beyond the traced size).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from latexport.checkpoint import LoadedCheckpoint
 from latexport.families import TASK_FEATURES, TASK_GENERATION, TASK_TEXT2TEXT
 from latexport.model import LatencyAdjustableModel, pool
 from latexport.passes import with_int64_outputs
+from latexport.reference import reference_batch
 
 DEFAULT_RATIOS = (0.75, 0.5, 0.25, 0.1)
 #: Greedy tokens compared per prompt when validating generation.
@@ -111,19 +122,32 @@ def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0, room: int = 0) ->
 
     limit = loaded.max_length - room  # room for generated tokens
     width = min(40, limit)
+    mixed = make([max(2, width * 3 // 4), max(2, width // 2), min(7, width), max(2, width // 3)], width)
+    for row in (1, 3):  # left-padded rows beside right-padded ones, all narrower than the batch
+        for name in mixed:
+            mixed[name][row] = np.roll(mixed[name][row], width - int(mixed["attention_mask"][row].sum()))
     return {
         "padded batch": make([width, max(2, width * 2 // 3), min(5, width)], width),
+        "mixed padding": mixed,
         "long sequence": make([min(160, limit)], min(160, limit)),
     }
 
 
+def right_padded(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same rows with their real tokens moved to the front (a stable reorder), width unchanged."""
+    order = np.argsort(np.asarray(feed["attention_mask"]) <= 0, axis=1, kind="stable")
+    return {name: np.take_along_axis(np.asarray(value), order, axis=1) for name, value in feed.items()}
+
+
 def reference_output(loaded: LoadedCheckpoint, feed: dict[str, np.ndarray], pooling: Optional[str]) -> np.ndarray:
-    """The unmodified transformers model's logits or pooled embedding."""
+    """The unmodified transformers model's logits or pooled embedding, on the rows right-padded."""
+    feed = right_padded(feed)
     tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
     with torch.no_grad():
         if loaded.task == TASK_TEXT2TEXT:
-            states = loaded.family.core(loaded.model)(**tensors).last_hidden_state
-            return states.numpy() * feed["attention_mask"][..., None]
+            states = loaded.family.core(loaded.model)(**tensors).last_hidden_state.numpy()
+            widest = int(feed["attention_mask"].sum(axis=1).max())  # the graph returns no surplus width
+            return (states * feed["attention_mask"][..., None])[:, :widest]
         if loaded.family.causal:  # positions count real tokens, so padding on either side is neutral
             tensors["position_ids"] = loaded.family.initial_positions(tensors["attention_mask"] > 0)
         output = loaded.model(**tensors)
@@ -168,20 +192,47 @@ def validate_export(
     )
     report = ValidationReport()
     for label, feed in validation_inputs(loaded).items():
-        expected = reference_output(loaded, feed, lat.pooling)
-        got, *got_kept = session.run([output_name, *taps], {**feed, "keep_ratio": np.array(1.0, dtype=np.float32)})
-        if loaded.task == TASK_TEXT2TEXT:
-            got = _masked_states(got, got_kept)
-        report.checks.append(Check(label, 1.0, "transformers", _max_diff(got, expected), atol))
-        for ratio in ratios:
-            expected, expected_kept = pytorch_output(lat, feed, ratio)
+        for ratio in (1.0, *ratios):
             got, *got_kept = session.run([output_name, *taps], {**feed, "keep_ratio": np.array(ratio, dtype=np.float32)})
             if loaded.task == TASK_TEXT2TEXT:
                 got = _masked_states(got, got_kept)
-            report.checks.append(
-                Check(label, ratio, "latexport-pt", _max_diff(got, expected), atol, _kept_mismatch(got_kept, expected_kept))
-            )
+            if ratio == 1.0:
+                expected = reference_output(loaded, feed, lat.pooling)
+                report.checks.append(Check(label, ratio, "transformers", _max_diff(got, expected), atol))
+            else:
+                expected, expected_kept = pytorch_output(lat, feed, ratio)
+                report.checks.append(
+                    Check(label, ratio, "latexport-pt", _max_diff(got, expected), atol, _kept_mismatch(got_kept, expected_kept))
+                )
+            report.checks.append(independent_check(loaded, lat, feed, label, ratio, got, got_kept, atol))
     return report
+
+
+def independent_check(
+    loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, feed: dict[str, np.ndarray], label: str, ratio: float,
+    got: np.ndarray, got_kept: list[np.ndarray], atol: float,
+) -> Check:
+    """The ONNX outputs and kept sets of every row against ``latexport.reference``."""
+    rows = reference_batch(loaded.model, loaded.task, lat.exponents, feed, ratio, lat.pooling or "mean")
+    worst, mismatch = 0.0, None
+    for row, expected in enumerate(rows):
+        output = got[row]
+        if loaded.task == TASK_TEXT2TEXT:
+            output = output[got_kept[-1][row] >= 0]
+        worst = max(worst, _max_diff(output, expected.output))
+        for layer, (kept, expected_kept) in enumerate(zip(got_kept, expected.kept_positions)):
+            kept_row = kept[row][kept[row] >= 0]
+            if mismatch is None and not np.array_equal(kept_row, expected_kept):
+                mismatch = (
+                    f"layer {layer}: row {row} keeps positions {_short(kept_row)}, "
+                    f"the independent reference {_short(expected_kept)}"
+                )
+    return Check(label, ratio, "independent", worst, atol, mismatch)
+
+
+def _short(positions: np.ndarray, limit: int = 12) -> str:
+    shown = ", ".join(str(int(p)) for p in positions[:limit])
+    return f"[{shown}{', ...' if len(positions) > limit else ''}] ({len(positions)})"
 
 
 def _max_diff(got: np.ndarray, expected: np.ndarray) -> float:
@@ -273,8 +324,8 @@ def validate_causal_generation(
         got = generator.generate_ids(feed, 1.0, GREEDY_TOKENS)
         expected = []
         for row in range(feed["input_ids"].shape[0]):
-            length = int(feed["attention_mask"][row].sum())
-            prompt = torch.from_numpy(feed["input_ids"][row : row + 1, :length])
+            prompt = torch.from_numpy(feed["input_ids"][row][feed["attention_mask"][row] > 0])[None]
+            length = prompt.shape[1]
             with torch.no_grad():
                 continuation = loaded.model.generate(
                     prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=GREEDY_TOKENS, do_sample=False,

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import FAMILIES, make_checkpoint  # noqa: E402
+from tiny import FAMILIES, make_checkpoint, make_decoder_checkpoint, make_t5_checkpoint  # noqa: E402
 
 TASKS = ("text-classification", "feature-extraction")
 
@@ -62,3 +62,49 @@ def calibrated_classifier(bert_classifier, tmp_path_factory) -> Path:
     calibrate(model_dir, batch_sizes=(1, 4), seq_lens=(16, 64), keep_ratios=(1.0, 0.5, 0.1), repeats=3, warmup=1,
               intra_op_threads=1)
     return model_dir
+
+
+T5_SHAPES = ("t5", "flan-t5")
+T5_TASKS = ("text2text-generation", "text-classification", "feature-extraction")
+T5_KEYS = [(shape, task) for shape in T5_SHAPES for task in T5_TASKS]
+DECODER_FAMILIES = ("gpt2", "llama")
+DECODER_TASKS = ("text-generation", "text-classification")
+DECODER_KEYS = [(family, task) for family in DECODER_FAMILIES for task in DECODER_TASKS]
+
+
+@pytest.fixture(scope="session")
+def t5_checkpoints(tmp_path_factory):
+    """(shape, task) -> tiny T5 or Flan-T5 checkpoint."""
+    root = tmp_path_factory.mktemp("t5")
+    return {
+        (shape, task): make_t5_checkpoint(root / f"{shape}-{task}", flan=shape == "flan-t5", task=task, seed=index)
+        for index, (shape, task) in enumerate(T5_KEYS)
+    }
+
+
+@pytest.fixture(scope="session")
+def t5_converted(t5_checkpoints, tmp_path_factory):
+    """(shape, task) -> ConvertResult."""
+    from latexport.export import convert
+
+    root = tmp_path_factory.mktemp("t5-converted")
+    return {key: convert(str(path), root / "-".join(key)) for key, path in t5_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def decoder_checkpoints(tmp_path_factory):
+    """(family, task) -> tiny GPT-2 or Llama checkpoint."""
+    root = tmp_path_factory.mktemp("decoders")
+    return {
+        key: make_decoder_checkpoint(root / "-".join(key), key[0], key[1], seed=index)
+        for index, key in enumerate(DECODER_KEYS)
+    }
+
+
+@pytest.fixture(scope="session")
+def decoder_converted(decoder_checkpoints, tmp_path_factory):
+    """(family, task) -> ConvertResult."""
+    from latexport.export import convert
+
+    root = tmp_path_factory.mktemp("decoders-converted")
+    return {key: convert(str(path), root / "-".join(key)) for key, path in decoder_checkpoints.items()}

@@ -48,12 +48,49 @@ def test_the_fit_recovers_known_coefficients(metadata):
     assert model.fit_error["max"] < 1e-9
 
 
-def test_the_fit_never_goes_negative(metadata):
-    # Latency that *falls* with tokens cannot be fitted with a negative slope: it is clamped to 0.
-    truth = {"overhead_ms": 5.0, "token_ms": -0.01, "linear_gflop_ms": 30.0, "quadratic_gflop_ms": 0.0}
+def best_nonnegative_fit(design: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """The reference: every subset of the features fitted by least squares, the best one
+    whose coefficients are all >= 0 (the true non-negative optimum for four features)."""
+    from itertools import combinations
+
+    weights = 1.0 / observed
+    best, best_residual = np.zeros(design.shape[1]), np.inf
+    for size in range(1, design.shape[1] + 1):
+        for subset in combinations(range(design.shape[1]), size):
+            columns = list(subset)
+            fitted, *_ = np.linalg.lstsq(design[:, columns] * weights[:, None], observed * weights, rcond=None)
+            if (fitted < 0).any():
+                continue
+            solution = np.zeros(design.shape[1])
+            solution[columns] = fitted
+            residual = float(np.sum(((design @ solution - observed) * weights) ** 2))
+            if residual < best_residual - 1e-12:
+                best, best_residual = solution, residual
+    return best
+
+
+@pytest.mark.parametrize("truth", [
+    {"overhead_ms": 30.0, "token_ms": -0.005, "linear_gflop_ms": 30.0, "quadratic_gflop_ms": 0.0},
+    {"overhead_ms": 4.0, "token_ms": 0.02, "linear_gflop_ms": -1.0, "quadratic_gflop_ms": 60.0},
+], ids=["time-falls-with-tokens", "negative-linear-term"])
+def test_the_fit_is_the_best_non_negative_one(metadata, truth):
+    """Latency no model with non-negative costs can follow is fitted with the best such costs."""
     model = synthetic_model(metadata, truth)
-    assert all(value >= 0 for value in model.coefficients.values())
-    assert model.coefficients["token_ms"] == 0.0
+    rows = model.measurements
+    assert min(m["median_ms"] for m in rows) > 0  # the synthetic timings themselves are plausible
+    design = np.array([LatencyModel.features(metadata.flops, metadata.profile, m["batch"], m["seq_len"], m["keep_ratio"])
+                       for m in rows])
+    expected = best_nonnegative_fit(design, np.array([m["median_ms"] for m in rows]))
+    got = np.array([model.coefficients[name] for name in truth])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    assert (got >= 0).all() and (got == 0).any()
+
+
+def test_the_fit_refuses_timings_that_are_not_positive(metadata):
+    rows = [{"batch": 1, "seq_len": 16, "keep_ratio": 1.0, "median_ms": 2.0},
+            {"batch": 1, "seq_len": 64, "keep_ratio": 1.0, "median_ms": 0.0}]
+    with pytest.raises(InvalidInputError, match="median_ms"):
+        LatencyModel.fit(metadata, rows, provider="cpu", intra_op_threads=1, machine={}, onnxruntime_version="")
 
 
 def test_shape_corrections_follow_what_the_fit_misses(metadata):

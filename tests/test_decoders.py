@@ -18,26 +18,11 @@ from latexport.generation import CausalGenerator, Sampling, open_generator
 from latexport.metadata import cache_names
 from latexport.runtime import LatencyAdjustableSession
 from latexport.selection import acc_scores
-from tiny import make_decoder_checkpoint
 
 FAMILIES = ("gpt2", "llama")
 TASKS = ("text-generation", "text-classification")
 KEYS = [(family, task) for family in FAMILIES for task in TASKS]
 PROMPTS = ["the film was a very long story", "the movie", "a story of the film and the movie"]
-
-
-@pytest.fixture(scope="module")
-def decoder_checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("decoders")
-    return {
-        key: make_decoder_checkpoint(root / "-".join(key), key[0], key[1], seed=index) for index, key in enumerate(KEYS)
-    }
-
-
-@pytest.fixture(scope="module")
-def decoder_converted(decoder_checkpoints, tmp_path_factory):
-    root = tmp_path_factory.mktemp("decoders-converted")
-    return {key: convert(str(path), root / "-".join(key)) for key, path in decoder_checkpoints.items()}
 
 
 def padded(rows: list[list[int]], pad: int, side: str) -> dict[str, np.ndarray]:

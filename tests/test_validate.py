@@ -1,0 +1,139 @@
+"""Validation that can fail: selection bugs planted in the exported graph, or in
+the selection that the graph and our PyTorch model share, must make
+``latexport convert`` exit non-zero with a report that names the layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+from click.testing import CliRunner
+
+import latexport.export
+from latexport.checkpoint import load_checkpoint
+from latexport.cli import main
+from latexport.export import build_model
+from latexport.reference import reference_acc, reference_batch, reference_keep_count, reference_pick
+from latexport.validate import right_padded, validation_inputs
+
+
+def _drop_branch(model: ir.Model, layer: int) -> ir.Graph:
+    """The branch of layer ``layer``'s If that scores and drops (the other one passes everything on)."""
+    ifs = [node for node in model.graph if node.op_type == "If"]
+    return ifs[layer].attributes["else_branch"].as_graph()
+
+
+def reverse_ranking(layer: int):
+    """Plant: the TopK that finds each row's k-th best ACC picks the k-th worst instead."""
+
+    def edit(model: ir.Model) -> None:
+        topk = next(node for node in _drop_branch(model, layer) if node.op_type == "TopK")
+        topk.attributes["largest"] = ir.AttrInt64("largest", 0)
+
+    return edit
+
+
+def mask_not_carried(layer: int):
+    """Plant: the drop branch reports every kept slot as real, surplus slots included."""
+
+    def edit(model: ir.Model) -> None:
+        branch = _drop_branch(model, layer)
+        kept_valid = branch.outputs[2]
+        negated = ir.node("Not", [kept_valid])
+        everything = ir.node("Or", [kept_valid, negated.outputs[0]])
+        branch.extend([negated, everything])
+        branch.outputs[2] = everything.outputs[0]
+
+    return edit
+
+
+def _plant(monkeypatch, plant) -> None:
+    original = latexport.export.save_traced
+
+    def save_with_bug(traced_path, path, edit=None):
+        def both(model):
+            if edit is not None:
+                edit(model)
+            if Path(path).name == latexport.export.MODEL_FILE:
+                plant(model)
+
+        original(traced_path, path, both)
+
+    monkeypatch.setattr(latexport.export, "save_traced", save_with_bug)
+
+
+@pytest.mark.parametrize("plant, layer", [(reverse_ranking, 2), (mask_not_carried, 1)], ids=["reversed-ranking", "mask-lost"])
+def test_a_bug_planted_in_the_graph_fails_convert_and_names_the_layer(checkpoints, tmp_path, monkeypatch, plant, layer):
+    _plant(monkeypatch, plant(layer))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(checkpoints[("bert", "text-classification")]), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "failed validation" in result.output
+    assert f"layer {layer}:" in result.output
+    assert "FAILED" in result.output
+    assert not out.exists()
+
+
+def test_a_bug_shared_by_the_graph_and_the_pytorch_model_is_caught_by_the_independent_reference(
+    checkpoints, tmp_path, monkeypatch
+):
+    """Probabilities handed over with the key axis reversed (each word-vector is
+    credited with the attention its mirror image received), in the family hook
+    that both the graph and our PyTorch model run: only the independent
+    reference can tell."""
+    from latexport.families.bert import RobertaFamily
+
+    attend = RobertaFamily.attend
+
+    def attend_mirrored(self, layer, hidden, mask, cache=None):
+        mixed, probs = attend(self, layer, hidden, mask, cache)
+        return mixed, probs.flip(-1)
+
+    monkeypatch.setattr(RobertaFamily, "attend", attend_mirrored)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(checkpoints[("roberta", "text-classification")]), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    failed = [line for line in result.output.splitlines() if line.rstrip().endswith("FAILED")]
+    assert failed and all(" independent " in line for line in failed), result.output
+    assert "the independent reference" in result.output and "layer 0:" in result.output
+    assert not out.exists()
+
+
+def test_validation_inputs_mix_padding_sides_and_leave_surplus_width(checkpoints):
+    loaded = load_checkpoint(str(checkpoints[("bert", "text-classification")]))
+    mask = validation_inputs(loaded)["mixed padding"]["attention_mask"]
+    assert mask[:, 0].min() == 0 and mask[:, -1].min() == 0  # some rows padded on the left, some on the right
+    assert mask.sum(axis=1).max() < mask.shape[1]  # wider than every row: layer 0 drops even at 1.0
+    packed = right_padded(validation_inputs(loaded)["mixed padding"])["attention_mask"]
+    assert np.array_equal(packed, np.sort(mask, axis=1)[:, ::-1])
+
+
+def test_reference_primitives_follow_the_method():
+    probs = np.array([[[0.5, 0.5, 0.0], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]])  # one head, [query, key]
+    np.testing.assert_allclose(reference_acc(probs, causal=False), [0.8, 0.8, 1.4])
+    np.testing.assert_allclose(reference_acc(probs, causal=True), [0.8 / 3, 0.8 / 2, 1.4])
+    assert reference_pick(np.array([0.8, 0.8, 1.4]), 2, None).tolist() == [0, 2]  # tie: the lower position
+    assert reference_pick(np.array([0.8, 0.8, 1.4]), 2, 1).tolist() == [1, 2]  # pinned survives
+    assert reference_keep_count(10, 10, 0.5, 1.0) == 5
+    assert reference_keep_count(10, 3, 0.5, 1.0) == 3  # never more than alive
+    assert reference_keep_count(10, 10, 0.0, 1.0) == 1  # at least one
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "electra"])
+def test_reference_agrees_with_the_pytorch_model_on_every_layout(checkpoints, family):
+    """Same rows, left-, right- and over-padded: one answer, from both implementations."""
+    loaded = load_checkpoint(str(checkpoints[(family, "feature-extraction")]))
+    lat = build_model(loaded)
+    feed = validation_inputs(loaded, seed=3)["mixed padding"]
+    for ratio in (1.0, 0.5, 0.1):
+        tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
+        with torch.no_grad():
+            result = lat(tensors["input_ids"], tensors["attention_mask"], tensors.get("token_type_ids"), ratio)
+        rows = reference_batch(loaded.model, loaded.task, lat.exponents, feed, ratio)
+        for row, expected in enumerate(rows):
+            np.testing.assert_allclose(result.output[row].numpy(), expected.output, atol=1e-5, rtol=0)
+            for layer, kept in enumerate(result.kept_positions):
+                assert kept[row][kept[row] >= 0].tolist() == expected.kept_positions[layer].tolist()
