@@ -129,3 +129,34 @@ def test_more_bad_inputs_are_one_clear_line(runner, bert_classifier, checkpoints
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "ft").exists()
+
+
+def test_bench_compares_files_side_by_side_on_mixed_lengths(runner, bert_classifier, tmp_path):
+    import shutil
+
+    from latexport.bench import make_feed
+    from latexport.runtime import LatencyAdjustableSession
+
+    twin = tmp_path / "twin"
+    shutil.copytree(bert_classifier, twin)
+    result = runner.invoke(
+        main, ["bench", str(bert_classifier), "--compare", str(twin), "--seq-len", "40", "--batch", "4",
+               "--keep-ratios", "1,0.3", "--repeats", "2", "--mixed-lengths", "--no-memory", "--graphs", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / f"bench-{bert_classifier.name}-b4-s40-mixed.json").read_text())
+    assert [row["name"] for row in data["rows"]] == ["latexport 1", "latexport 0.3", "latexport (twin) 1", "latexport (twin) 0.3"]
+    assert data["environment"]["mixed_lengths"] is True and data["environment"]["compared"] == [str(twin)]
+    rows = {row["name"]: row for row in data["rows"]}
+    # each file is compared with itself at 1.0; the estimate counts the padded width
+    assert rows["latexport 1"]["speedup_vs_full"] == 1.0 and rows["latexport (twin) 1"]["speedup_vs_full"] == 1.0
+    assert rows["latexport 0.3"]["estimated_speedup"] == rows["latexport (twin) 0.3"]["estimated_speedup"] > 1.5
+    assert "latexport (twin) 0.3" in result.output
+
+    metadata = LatencyAdjustableSession(bert_classifier).metadata
+    feed = make_feed(metadata, 8, 40, mixed_lengths=True)
+    lengths = feed["attention_mask"].sum(axis=1)
+    assert lengths.min() >= 10 and lengths.max() <= 40 and len(set(lengths.tolist())) > 1
+    for row, length in enumerate(lengths):
+        assert (feed["input_ids"][row, length:] == metadata.pad_token_id).all()
+    assert (make_feed(metadata, 8, 40, mixed_lengths=False)["attention_mask"] == 1).all()

@@ -187,3 +187,31 @@ def test_other_families_fine_tune_and_convert(tmp_path, data, family):
     converted = convert(str(out), tmp_path / "onnx")
     assert converted.report.passed and converted.metadata.task == "text-classification"
     assert converted.metadata.labels == ["negative", "positive"]
+
+
+@pytest.mark.parametrize("recipe", ["plain", "lat"])
+def test_the_plain_recipe_never_trains_with_dropping(checkpoints, tmp_path, monkeypatch, recipe):
+    """`finetune --recipe plain` (the ablation baseline) runs every forward at 1.0; `lat` adds pruned ones."""
+    from latexport.model import LatencyAdjustableModel
+
+    ratios = []
+    original = LatencyAdjustableModel.forward
+    smallest = FinetuneSettings().min_keep_ratio
+
+    def recording(self, input_ids, attention_mask, token_type_ids=None, keep_ratio=1.0, *args, **kwargs):
+        if torch.is_grad_enabled():  # a training forward; validation runs under no_grad
+            ratios.append(float(keep_ratio))
+        return original(self, input_ids, attention_mask, token_type_ids, keep_ratio, *args, **kwargs)
+
+    monkeypatch.setattr(LatencyAdjustableModel, "forward", recording)
+    train = write(tmp_path / "t.jsonl", sentiment_rows(32, 5))
+    result = finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / recipe, train, train,
+                      settings=FinetuneSettings(**{**SMALL, "epochs": 1, "recipe": recipe}), progress=False)
+    record = json.loads((result.out_dir / "latexport_finetune.json").read_text())
+    assert record["settings"]["recipe"] == recipe
+    assert len(ratios) >= result.steps
+    if recipe == "plain":
+        assert set(ratios) == {1.0} and len(ratios) == result.steps
+    else:
+        # per step: the full pass, the smallest ratio, and one sampled ratio (SMALL)
+        assert len(ratios) == 3 * result.steps and ratios.count(smallest) == result.steps

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(
     reason="node and npm are not on PATH (needed for the Node.js example in examples/node)",
 )
 
+#: npm's codes for a registry it cannot reach: the one failure that is the machine's, not the example's.
+NETWORK_ERRORS = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH", "EHOSTUNREACH")
+
 # A padded batch: the long row is what keep_ratio shortens most.
 TEXTS = [
     "a good film",
@@ -58,7 +61,11 @@ def node_example() -> Path:
             ["npm", "ci", "--no-audit", "--no-fund"],
             cwd=NODE_EXAMPLE, capture_output=True, text=True, timeout=300, check=False,
         )
-        assert result.returncode == 0, f"npm ci failed in {NODE_EXAMPLE}:\n{result.stdout}\n{result.stderr}"
+        output = result.stdout + result.stderr
+        if result.returncode != 0 and any(code in output for code in NETWORK_ERRORS):
+            pytest.skip(f"the npm registry is unreachable and node_modules is not installed ({NODE_EXAMPLE}): "
+                        f"{next(line for line in output.splitlines() if any(c in line for c in NETWORK_ERRORS))}")
+        assert result.returncode == 0, f"npm ci failed in {NODE_EXAMPLE}:\n{output}"
         print(f"npm ci took {time.perf_counter() - started:.1f} s")
     return NODE_EXAMPLE
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="needs the [ray] extra (ray[serve])")
-httpx = pytest.importorskip("httpx")
-from ray import serve  # noqa: E402
+import httpx  # the [test] extra installs [ray] and [serve]: missing is an error, not a skip
+import ray
+from ray import serve
 
-from latexport.runtime import LatencyAdjustableSession  # noqa: E402
+from latexport.runtime import LatencyAdjustableSession
 
 SERVE_DIR = Path(__file__).resolve().parents[1] / "examples" / "serve"
 sys.path.insert(0, str(SERVE_DIR))

@@ -29,8 +29,10 @@ ORT_TO_TRITON = {"tensor(int64)": "TYPE_INT64", "tensor(float)": "TYPE_FP32", "t
 
 @pytest.fixture(scope="module")
 def model_config_pb2():
-    return pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                               reason="tritonclient ships Triton's ModelConfig protobuf")
+    """Triton's ModelConfig protobuf, from tritonclient (in the [test] extra: missing is an error)."""
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
 
 
 def parse_config(model_config_pb2, model_repo: Path):
