@@ -25,12 +25,18 @@ def checkpoints(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def converted(checkpoints, tmp_path_factory) -> dict:
-    """(family, task) -> converted model directory (validated by convert itself)."""
+def conversions(checkpoints, tmp_path_factory) -> dict:
+    """(family, task) -> ConvertResult (validated by convert itself; its report is kept)."""
     from latexport.export import convert
 
     root = tmp_path_factory.mktemp("converted")
-    return {key: convert(str(path), root / f"{key[0]}-{key[1]}").out_dir for key, path in checkpoints.items()}
+    return {key: convert(str(path), root / f"{key[0]}-{key[1]}") for key, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def converted(conversions) -> dict:
+    """(family, task) -> converted model directory."""
+    return {key: result.out_dir for key, result in conversions.items()}
 
 
 @pytest.fixture(scope="session")

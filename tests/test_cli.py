@@ -24,7 +24,11 @@ def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
     result = runner.invoke(main, ["run", str(out), "--keep-ratio", "0.5", "a good film", "a bad film"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line]
-    assert len(lines) == 2 and all(line.split("\t")[1] in {"label_a", "label_b", "label_c"} for line in lines)
+    from latexport.runtime import LatencyAdjustableSession
+
+    expected = LatencyAdjustableSession(out).predict(["a good film", "a bad film"], keep_ratio=0.5).labels
+    assert [line.split("\t")[1] for line in lines] == expected
+    assert (out / "model.onnx").is_file() and json.loads((out / "config.json").read_text())["model_type"] == "electra"
 
     result = runner.invoke(main, ["inspect", str(out), "--keep-ratio", "0.5", "--seq-len", "100"])
     assert result.exit_code == 0, result.output

@@ -106,9 +106,14 @@ def test_int8_stays_close_to_float32_and_runs_at_every_ratio(variants):
 #: the variant measured far below (see the planted regression test).
 INT8_KEPT_IN_COMMON = 0.93
 FP16_KEPT_IN_COMMON = 0.99
+#: The least mean share of layers that keep exactly float32's word-vectors
+#: (measured: int8 88%, fp16 100%; one swapped near-tie fails a whole layer).
+LEAST_LAYERS_SAME_KEPT = {"int8": 0.75, "fp16": 0.95}
 
 
 def assert_keeps_what_float32_keeps(report, least_in_common: float) -> None:
+    same_layers = float(np.mean([check.layers_same_kept for check in report.checks]))
+    assert same_layers >= LEAST_LAYERS_SAME_KEPT[report.variant], f"{same_layers:.0%} of layers keep float32's set"
     for check in report.checks:
         assert check.same_counts, f"{check.inputs} at {check.keep_ratio}: keep counts differ from float32"
         assert check.kept_in_common >= least_in_common, (

@@ -133,7 +133,9 @@ def test_bounded_load_has_no_errors(server, capsys):
     with capsys.disabled():
         print("\n[load test, tiny model, 8 clients] " + report.render().replace("\n", "\n    "))
     assert report.errors == 0, report.error_samples
-    assert report.client_latency_ms["p50"] <= report.client_latency_ms["p99"]
+    # The service's own timing is part of what the client waits for: a unit or clock slip in either breaks this.
+    assert 0 < report.server_latency_ms["p50"] <= report.client_latency_ms["p50"]
+    assert report.server_latency_ms["max"] <= report.client_latency_ms["max"]
     after = httpx.get(server + "/metrics").json()
     assert after["succeeded"] - before["succeeded"] == 2000
     assert after["latency_ms"]["p99"] > 0

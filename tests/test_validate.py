@@ -137,3 +137,18 @@ def test_reference_agrees_with_the_pytorch_model_on_every_layout(checkpoints, fa
             np.testing.assert_allclose(result.output[row].numpy(), expected.output, atol=1e-5, rtol=0)
             for layer, kept in enumerate(result.kept_positions):
                 assert kept[row][kept[row] >= 0].tolist() == expected.kept_positions[layer].tolist()
+
+
+def test_every_family_was_validated_against_the_independent_reference(conversions, t5_converted, decoder_converted):
+    """Every conversion of the suite, for every family and task: the ONNX file agreed with
+    latexport.reference on outputs and kept sets, for every validation batch at every ratio."""
+    results = {**conversions, **t5_converted, **decoder_converted}
+    families = {key[0] for key in results}
+    assert {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "t5", "flan-t5", "gpt2", "llama"} <= families
+    for key, result in results.items():
+        independent = [check for check in result.report.checks if check.reference == "independent"]
+        batches = {check.inputs for check in independent}
+        assert "mixed padding" in batches, key
+        assert {check.keep_ratio for check in independent} == {1.0, 0.75, 0.5, 0.25, 0.1}, key
+        assert len(independent) == len(batches) * 5, key
+        assert all(check.passed for check in independent), (key, result.report.render())
