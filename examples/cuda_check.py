@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed_bert_base import GRAPHS, bert_base_checkpoint  # noqa: E402
 
 from latexport.assets import cache_dir  # noqa: E402
-from latexport.atomic import write_text_atomic  # noqa: E402
-from latexport.bench import bench, make_feed, plot, render  # noqa: E402
-from latexport.checkpoint import load_checkpoint  # noqa: E402
+from latexport.bench.encoder import bench, plot, render  # noqa: E402
 from latexport.export import convert  # noqa: E402
-from latexport.passes import with_int64_outputs  # noqa: E402
+from latexport.export.checkpoint import load_checkpoint  # noqa: E402
+from latexport.export.passes import with_int64_outputs  # noqa: E402
 from latexport.runtime import LatencyAdjustableSession  # noqa: E402
+from latexport.runtime.atomic import write_text_atomic  # noqa: E402
+from latexport.runtime.timing import make_feed  # noqa: E402
 
 RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.01)
 

@@ -2,7 +2,7 @@
 
     python examples/finetune_benchmark.py [--tasks rotten_tomatoes,trec,austen]
 
-For each task (fixed splits, see latexport/corpora.py) and the real
+For each task (fixed splits, see latexport/training/corpora.py) and the real
 all-MiniLM-L6-v2 weights, through the same commands a user runs:
 
 1. ``finetune --recipe plain``: ordinary fine-tuning, the reference accuracy;
@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from latexport.assets import MINILM, cache_dir, fetch
-from latexport.atomic import save_figure_atomic, write_text_atomic
-from latexport.corpora import splits
-from latexport.evaluate import evaluate, render, tune
 from latexport.export import convert
-from latexport.finetune import FinetuneSettings, finetune
+from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
+from latexport.training.corpora import splits
+from latexport.training.evaluate import evaluate, render, tune
+from latexport.training.finetune import FinetuneSettings, finetune
 
 TUNE_RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03)
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from latexport.assets import cache_dir
-from latexport.atomic import write_text_atomic
-from latexport.bench import interleaved
-from latexport.corpora import splits
-from latexport.evaluate import evaluate
 from latexport.export import convert
 from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.atomic import write_text_atomic
+from latexport.runtime.timing import interleaved
+from latexport.training.corpora import splits
+from latexport.training.evaluate import evaluate
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)

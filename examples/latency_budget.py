@@ -33,10 +33,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from latexport.atomic import save_figure_atomic, write_text_atomic
-from latexport.calibration import calibrate, render
-from latexport.corpora import splits
 from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
+from latexport.runtime.calibrate import calibrate, render
+from latexport.training.corpora import splits
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPHS = ROOT / "graphs"

@@ -9,7 +9,7 @@ The real SmolLM2-135M-Instruct weights (Llama architecture, from the
 * ``plain``: ``--steps`` steps of ordinary language-model fine-tuning on the
   first 90% of each novel (the reference: domain adaptation alone);
 * ``lat``: the same steps and spans, with elimination active
-  (``latexport.finetune_lm``: the full pass plus the smallest ratio,
+  (``latexport.training.finetune_lm``: the full pass plus the smallest ratio,
   ``--min-keep-ratio``, and one log-uniform ratio above it, distilled from the
   full pass).
 
@@ -20,7 +20,7 @@ the 64 tokens that follow each: the prompt pass runs at the ratio, then the
 decode-step graph takes the whole continuation at once.  Every number comes
 from the ONNX graphs in ONNX Runtime.  Speed: time to first token and
 decoding rate at batch 1, all ratios interleaved, medians
-(``latexport.bench_generation``); the three models share the architecture,
+(``latexport.bench.generation``); the three models share the architecture,
 so speed is measured once.
 
 Writes graphs/smollm2-austen.json and .png and prints the tables.
@@ -37,12 +37,15 @@ from pathlib import Path
 import numpy as np
 
 from latexport.assets import cache_dir, smollm2_checkpoint
-from latexport.atomic import save_figure_atomic, write_text_atomic
-from latexport.bench_generation import bench_generation
-from latexport.corpora import SPLIT_SEED, austen_novels
+from latexport.bench.generation import bench_generation
 from latexport.export import convert
-from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
-from latexport.generation import CausalGenerator
+from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
+from latexport.runtime.generation import CausalGenerator
+from latexport.training.corpora import SPLIT_SEED, austen_novels
+from latexport.training.finetune_lm import (
+    LanguageModelSettings,
+    finetune_language_model,
+)
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0075, 0.005)

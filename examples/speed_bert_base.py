@@ -28,9 +28,9 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from latexport.assets import MINILM, cache_dir, fetch
-from latexport.atomic import write_text_atomic
-from latexport.bench import bench, plot, render
+from latexport.bench.encoder import bench, plot, render
 from latexport.export import convert
+from latexport.runtime.atomic import write_text_atomic
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 RATIOS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001, 0.0001)

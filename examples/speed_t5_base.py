@@ -31,15 +31,26 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from latexport.assets import cache_dir
-from latexport.atomic import write_text_atomic
-from latexport.bench import bench as bench_encoder
-from latexport.bench import plot, render
-from latexport.bench_generation import bench_generation, plot_generation, render_generation
+from latexport.bench.encoder import bench as bench_encoder
+from latexport.bench.encoder import plot, render
+from latexport.bench.generation import (
+    bench_generation,
+    plot_generation,
+    render_generation,
+)
 from latexport.export import convert
+from latexport.runtime.atomic import write_text_atomic
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 RATIOS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)

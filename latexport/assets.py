@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from latexport.errors import LatexportError
+from latexport.runtime.errors import LatexportError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from latexport import __version__
-from latexport.errors import LatexportError, ValidationError
+from latexport.runtime.errors import LatexportError, ValidationError
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -82,7 +82,7 @@ def main(verbose: bool) -> None:
 @click.option("--fp16", is_flag=True, help="float16 weights and activations, for CUDA (keep counts stay float32).")
 def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrite, keep_invalid, optimize, quantize, fp16):
     """Convert CHECKPOINT (a directory or hub id) into OUT_DIR/model.onnx with tokenizer and config."""
-    from latexport.export import convert as convert_checkpoint
+    from latexport.export.conversion import convert as convert_checkpoint
 
     start = time.perf_counter()
     result = convert_checkpoint(
@@ -104,7 +104,7 @@ def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrit
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def run(model_dir, texts, keep_ratio, target_ms, provider):
     """Run MODEL_DIR on TEXTS at one keep ratio and print the results."""
-    from latexport.runtime import LatencyAdjustableSession
+    from latexport.runtime.session import LatencyAdjustableSession
 
     session = LatencyAdjustableSession(model_dir, provider=provider)
     if session.metadata.generation is not None:
@@ -142,8 +142,8 @@ def run(model_dir, texts, keep_ratio, target_ms, provider):
 def calibrate(model_dir, batch_sizes, seq_lens, keep_ratios, repeats, threads, provider):
     """Measure MODEL_DIR's latency on this machine and store calibration.json beside it,
     so that `run --target-ms` and `predict(target_ms=...)` can pick a keep ratio for a budget."""
-    from latexport.calibration import calibrate as calibrate_model
-    from latexport.calibration import render
+    from latexport.runtime.calibrate import calibrate as calibrate_model
+    from latexport.runtime.calibrate import render
 
     model = calibrate_model(
         model_dir,
@@ -172,7 +172,7 @@ def calibrate(model_dir, batch_sizes, seq_lens, keep_ratios, repeats, threads, p
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def generate(model_dir, prompts, keep_ratio, max_new_tokens, sample, temperature, top_k, top_p, seed, provider):
     """Continue each of PROMPTS with MODEL_DIR (a text-generation or text2text-generation conversion) and print the text."""
-    from latexport.generation import Sampling, open_generator
+    from latexport.runtime.generation import Sampling, open_generator
 
     if not sample and (temperature != 1.0 or top_k or top_p != 1.0 or seed is not None):
         raise click.UsageError("--temperature, --top-k, --top-p and --seed need --sample")
@@ -195,8 +195,8 @@ def generate(model_dir, prompts, keep_ratio, max_new_tokens, sample, temperature
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(1))
 def inspect(model_dir, keep_ratio, seq_len):
     """Print MODEL_DIR's metadata, per-layer kept counts and estimated speedup."""
-    from latexport.inspection import load_metadata, render
-    from latexport.runtime import check_keep_ratio
+    from latexport.runtime.inspection import load_metadata, render
+    from latexport.runtime.session import check_keep_ratio
 
     check_keep_ratio(keep_ratio)
     click.echo(render(load_metadata(model_dir), seq_len, keep_ratio))
@@ -225,8 +225,8 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
           graphs_dir, json_path, plot_path, memory, compare, new_tokens):
     """Measure MODEL_DIR's latency at each keep ratio, interleaved with optional plain baselines;
     prints a table and writes JSON and a plot."""
-    from latexport import bench as benchmark
-    from latexport.atomic import write_text_atomic
+    from latexport.bench import encoder as benchmark
+    from latexport.runtime.atomic import write_text_atomic
 
     if 1.0 not in keep_ratios:
         keep_ratios = (1.0, *keep_ratios)
@@ -244,7 +244,11 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
     benchmark.plot(result, plot_path)
     click.echo(f"wrote {json_path} and {plot_path}")
     if new_tokens and result.task in ("text2text-generation", "text-generation"):
-        from latexport.bench_generation import bench_generation, plot_generation, render_generation
+        from latexport.bench.generation import (
+            bench_generation,
+            plot_generation,
+            render_generation,
+        )
 
         generation = bench_generation(
             model_dir, prompt_tokens=seq_len, new_tokens=new_tokens, batch=batch, keep_ratios=keep_ratios,
@@ -299,8 +303,9 @@ def _data_options(function):
 def finetune(model, out_dir, train_data, validation_data, text_column, text_pair_column, label_column, epochs,
              learning_rate, batch_size, max_length, seed, recipe, min_keep_ratio, power, problem, overwrite):
     """Fine-tune MODEL with ACC elimination active; running it again resumes an interrupted run."""
-    from latexport.data import Columns
-    from latexport.finetune import FinetuneSettings, finetune as run_finetune
+    from latexport.training.data import Columns
+    from latexport.training.finetune import FinetuneSettings
+    from latexport.training.finetune import finetune as run_finetune
 
     settings = FinetuneSettings(
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length, seed=seed,
@@ -338,8 +343,11 @@ def finetune_lm(model, out_dir, sources, text_column, steps, prompt_tokens, scor
     Hugging Face checkpoint that `latexport convert --task text-generation` takes.
     There is no resume: an interrupted run starts again.
     """
-    from latexport.data import read_documents
-    from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
+    from latexport.training.data import read_documents
+    from latexport.training.finetune_lm import (
+        LanguageModelSettings,
+        finetune_language_model,
+    )
 
     settings = LanguageModelSettings(
         recipe=recipe, steps=steps, prompt_tokens=prompt_tokens, scored_tokens=scored_tokens, learning_rate=learning_rate,
@@ -362,9 +370,9 @@ def finetune_lm(model, out_dir, sources, text_column, steps, prompt_tokens, scor
               help="Folder for the plot and JSON.")
 def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_ratios, batch_size, threads, graphs_dir):
     """Metric and measured latency of MODEL_DIR at each keep ratio, as a table, JSON and plot."""
-    from latexport import evaluate as evaluation
-    from latexport.atomic import write_text_atomic
-    from latexport.data import Columns
+    from latexport.runtime.atomic import write_text_atomic
+    from latexport.training import evaluate as evaluation
+    from latexport.training.data import Columns
 
     result = evaluation.evaluate(model_dir, data, Columns(text_column, text_pair_column, label_column), keep_ratios,
                                  batch_size=batch_size, threads=threads)
@@ -386,8 +394,8 @@ def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, target_speedup, batch_size, threads):
     """Choose MODEL_DIR's default keep ratio offline, from a constraint measured on held-out data."""
-    from latexport import evaluate as evaluation
-    from latexport.data import Columns
+    from latexport.training import evaluate as evaluation
+    from latexport.training.data import Columns
 
     result = evaluation.tune(model_dir, data, Columns(text_column, text_pair_column, label_column), max_drop=max_drop,
                              target_speedup=target_speedup, batch_size=batch_size, threads=threads)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from latexport.assets import MINILM, fetch
-from latexport.bench import interleaved
-from latexport.estimate import estimated_speedup
-from latexport.errors import ModelDirectoryError
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.errors import ModelDirectoryError
+from latexport.runtime.estimate import estimated_speedup
+from latexport.runtime.session import LatencyAdjustableSession
+from latexport.runtime.timing import interleaved
 
 DEMO_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.1, 0.03)
 
@@ -71,7 +71,7 @@ def run_demo(
         print(f"{out_dir} holds a model this latexport cannot read (an older version?); converting again")
         overwrite = True
     if overwrite or not (out_dir / "model.onnx").exists():
-        from latexport.export import convert
+        from latexport.export.conversion import convert
 
         source = fetch(MINILM)
         print(f"converting the real {MINILM.description}\n  from {source}\n  to {out_dir}")

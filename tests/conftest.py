@@ -27,7 +27,7 @@ def checkpoints(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def conversions(checkpoints, tmp_path_factory) -> dict:
     """(family, task) -> ConvertResult (validated by convert itself; its report is kept)."""
-    from latexport.export import convert
+    from latexport.export.conversion import convert
 
     root = tmp_path_factory.mktemp("converted")
     return {key: convert(str(path), root / f"{key[0]}-{key[1]}") for key, path in checkpoints.items()}
@@ -51,7 +51,7 @@ def regression_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def regressor(regression_checkpoint, tmp_path_factory) -> Path:
-    from latexport.export import convert
+    from latexport.export.conversion import convert
 
     return convert(str(regression_checkpoint), tmp_path_factory.mktemp("regressor") / "out").out_dir
 
@@ -61,7 +61,7 @@ def calibrated_classifier(bert_classifier, tmp_path_factory) -> Path:
     """A copy of the tiny classifier with a quick calibration.json (the shared fixture stays uncalibrated)."""
     import shutil
 
-    from latexport.calibration import calibrate
+    from latexport.runtime.calibrate import calibrate
 
     model_dir = tmp_path_factory.mktemp("calibrated") / "model"
     shutil.copytree(bert_classifier, model_dir)
@@ -91,7 +91,7 @@ def t5_checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def t5_converted(t5_checkpoints, tmp_path_factory):
     """(shape, task) -> ConvertResult."""
-    from latexport.export import convert
+    from latexport.export.conversion import convert
 
     root = tmp_path_factory.mktemp("t5-converted")
     return {key: convert(str(path), root / "-".join(key)) for key, path in t5_checkpoints.items()}
@@ -110,7 +110,7 @@ def decoder_checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def decoder_converted(decoder_checkpoints, tmp_path_factory):
     """(family, task) -> ConvertResult."""
-    from latexport.export import convert
+    from latexport.export.conversion import convert
 
     root = tmp_path_factory.mktemp("decoders-converted")
     return {key: convert(str(path), root / "-".join(key)) for key, path in decoder_checkpoints.items()}

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from latexport.atomic import atomic_directory, write_text_atomic
-from latexport.errors import OutputExistsError
+from latexport.runtime.atomic import atomic_directory, write_text_atomic
+from latexport.runtime.errors import OutputExistsError
 
 
 def test_atomic_file_replaces_whole(tmp_path):
@@ -55,7 +55,7 @@ def test_a_conversion_killed_midway_leaves_nothing(checkpoints, tmp_path, sig):
         # As in a terminal: a job started in the background (CI under nohup, `cmd &`)
         # inherits SIGINT ignored, and Python then keeps ignoring it.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        import latexport.export as export
+        import latexport.export.conversion as export
         original = export.export_onnx
         def slow_export(*args, **kwargs):
             original(*args, **kwargs)
@@ -83,7 +83,7 @@ def test_a_full_disk_during_conversion_leaves_nothing_and_says_so(checkpoints, t
 
     from click.testing import CliRunner
 
-    import latexport.export as export
+    import latexport.export.conversion as export
     from latexport.cli import main
 
     def disk_full(lat, metadata, path, **options):

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from latexport.calibration import CALIBRATION_FILE, CalibrationWarning, LatencyModel, batch_gflops
 from latexport.cli import main
-from latexport.errors import InvalidInputError, ModelDirectoryError
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.calibration import (
+    CALIBRATION_FILE,
+    CalibrationWarning,
+    LatencyModel,
+    batch_gflops,
+)
+from latexport.runtime.errors import InvalidInputError, ModelDirectoryError
+from latexport.runtime.session import LatencyAdjustableSession
 
 TEXTS = ["the film was very good and the music was great", "a dull , slow story"]
 

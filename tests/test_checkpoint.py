@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from latexport.checkpoint import sentence_transformers_pooling
-from latexport.export import convert
-from latexport.runtime import LatencyAdjustableSession
+from latexport.export.checkpoint import sentence_transformers_pooling
+from latexport.export.conversion import convert
+from latexport.runtime.session import LatencyAdjustableSession
 
 TEXTS = ["the film was a very long story and the ending was sad", "bad movie"]
 

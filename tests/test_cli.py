@@ -24,7 +24,7 @@ def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
     result = runner.invoke(main, ["run", str(out), "--keep-ratio", "0.5", "a good film", "a bad film"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line]
-    from latexport.runtime import LatencyAdjustableSession
+    from latexport.runtime.session import LatencyAdjustableSession
 
     expected = LatencyAdjustableSession(out).predict(["a good film", "a bad film"], keep_ratio=0.5).labels
     assert [line.split("\t")[1] for line in lines] == expected
@@ -138,8 +138,8 @@ def test_more_bad_inputs_are_one_clear_line(runner, bert_classifier, checkpoints
 def test_bench_compares_files_side_by_side_on_mixed_lengths(runner, bert_classifier, tmp_path):
     import shutil
 
-    from latexport.bench import make_feed
-    from latexport.runtime import LatencyAdjustableSession
+    from latexport.runtime.session import LatencyAdjustableSession
+    from latexport.runtime.timing import make_feed
 
     twin = tmp_path / "twin"
     shutil.copytree(bert_classifier, twin)

@@ -4,7 +4,7 @@ import threading
 
 import numpy as np
 
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.session import LatencyAdjustableSession
 
 CALLS = 10_000
 THREADS = 8

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from latexport.data import Columns, DataError, decide_problem, encode_labels, label_names, read_examples
+from latexport.training.data import (
+    Columns,
+    DataError,
+    decide_problem,
+    encode_labels,
+    label_names,
+    read_examples,
+)
 
 
 def write_jsonl(path, rows):

@@ -9,15 +9,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from latexport.checkpoint import load_checkpoint
 from latexport.cli import main
-from latexport.decoding import DecodeStep, LayerCache, PyTorchGenerator
-from latexport.errors import InvalidInputError, SettingsError, UnsupportedModelError
-from latexport.export import build_model, convert
-from latexport.generation import CausalGenerator, Sampling, open_generator
-from latexport.metadata import cache_names
-from latexport.runtime import LatencyAdjustableSession
-from latexport.selection import acc_scores
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model, convert
+from latexport.export.decoding import DecodeStep, LayerCache, PyTorchGenerator
+from latexport.export.selection import acc_scores
+from latexport.runtime.errors import (
+    InvalidInputError,
+    SettingsError,
+    UnsupportedModelError,
+)
+from latexport.runtime.generation import CausalGenerator, Sampling, open_generator
+from latexport.runtime.metadata import cache_names
+from latexport.runtime.session import LatencyAdjustableSession
 
 FAMILIES = ("gpt2", "llama")
 TASKS = ("text-generation", "text-classification")
@@ -286,7 +290,10 @@ def test_language_model_fine_tuning_writes_a_checkpoint_that_converts(decoder_ch
     convert reuses the power it recorded."""
     from safetensors.torch import load_file
 
-    from latexport.finetune_lm import LanguageModelSettings, finetune_language_model
+    from latexport.training.finetune_lm import (
+        LanguageModelSettings,
+        finetune_language_model,
+    )
 
     texts = [" ".join(["the film and the story of the movie"] * 30)] * 2
     settings = LanguageModelSettings(steps=3, prompt_tokens=24, scored_tokens=6, power=1.0, learning_rate=1e-3)
@@ -308,7 +315,7 @@ def test_finetune_lm_command_reads_text_files_and_rows(decoder_checkpoints, tmp_
     and refuses texts too short for one span with a clear message."""
     import inspect as signature_inspect
 
-    from latexport.finetune_lm import LanguageModelSettings
+    from latexport.training.finetune_lm import LanguageModelSettings
 
     (tmp_path / "novel.txt").write_text(" ".join(["the film and the story of the movie"] * 30))
     (tmp_path / "rows.jsonl").write_text(json.dumps({"body": " ".join(["a story of the film"] * 40)}) + "\n")

@@ -1,7 +1,7 @@
 import pytest
 
-from latexport.estimate import FlopsModel, estimated_speedup, layer_counts
-from latexport.profile import EliminationProfile
+from latexport.runtime.estimate import FlopsModel, estimated_speedup, layer_counts
+from latexport.runtime.profile import EliminationProfile
 
 BERT_BASE = FlopsModel(hidden_size=768, intermediate_size=3072, num_heads=12)
 

@@ -5,12 +5,18 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_finetune import sentiment_rows, write
 
 from latexport.cli import main
-from latexport.errors import LatexportError
-from latexport.evaluate import Evaluation, RatioResult, choose_ratio, evaluate, tune
-from latexport.runtime import LatencyAdjustableSession
-from test_finetune import sentiment_rows, write
+from latexport.runtime.errors import LatexportError
+from latexport.runtime.session import LatencyAdjustableSession
+from latexport.training.evaluate import (
+    Evaluation,
+    RatioResult,
+    choose_ratio,
+    evaluate,
+    tune,
+)
 
 LABELS = ["label_a", "label_b", "label_c"]
 

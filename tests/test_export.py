@@ -7,13 +7,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-from latexport.checkpoint import load_checkpoint
-from latexport.errors import CheckpointError, OutputExistsError, UnsupportedModelError, ValidationError
-from latexport.export import build_model, convert
-from latexport.passes import with_int64_outputs
-from latexport.validate import pytorch_output, reference_output, validation_inputs
 from tiny import FAMILIES
+
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model, convert
+from latexport.export.passes import with_int64_outputs
+from latexport.export.validate import (
+    pytorch_output,
+    reference_output,
+    validation_inputs,
+)
+from latexport.runtime.errors import (
+    CheckpointError,
+    OutputExistsError,
+    UnsupportedModelError,
+    ValidationError,
+)
 
 KEYS = [(family, task) for family in FAMILIES for task in ("text-classification", "feature-extraction")]
 

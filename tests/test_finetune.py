@@ -8,11 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latexport.data import DataError
-from latexport.errors import OutputExistsError
-from latexport.export import convert
-from latexport.finetune import FinetuneSettings, Trainer, TrainingError, finetune
-from latexport.runtime import LatencyAdjustableSession
+from latexport.export.conversion import convert
+from latexport.runtime.errors import OutputExistsError
+from latexport.runtime.session import LatencyAdjustableSession
+from latexport.training.data import DataError
+from latexport.training.finetune import (
+    FinetuneSettings,
+    Trainer,
+    TrainingError,
+    finetune,
+)
 
 POSITIVE = "good great best love happy funny bright".split()
 NEGATIVE = "bad awful worst hate sad boring dull".split()
@@ -147,7 +152,7 @@ def test_unknown_validation_label_names_its_line(checkpoints, data, tmp_path):
 
 
 def test_power_follows_text_length_unless_given():
-    from latexport.finetune import auto_power
+    from latexport.training.finetune import auto_power
 
     assert auto_power([20, 30, 40]) == 1.5
     assert auto_power([250, 256, 200]) == 1.0
@@ -192,7 +197,7 @@ def test_other_families_fine_tune_and_convert(tmp_path, data, family):
 @pytest.mark.parametrize("recipe", ["plain", "lat"])
 def test_the_plain_recipe_never_trains_with_dropping(checkpoints, tmp_path, monkeypatch, recipe):
     """`finetune --recipe plain` (the ablation baseline) runs every forward at 1.0; `lat` adds pruned ones."""
-    from latexport.model import LatencyAdjustableModel
+    from latexport.export.model import LatencyAdjustableModel
 
     ratios = []
     original = LatencyAdjustableModel.forward

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
-from latexport.checkpoint import load_checkpoint
-from latexport.export import build_model
-from latexport.validate import reference_output, validation_inputs
 from tiny import FAMILIES
+
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model
+from latexport.export.validate import reference_output, validation_inputs
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.session import LatencyAdjustableSession
 
 NODE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
 ATOL = 1e-4

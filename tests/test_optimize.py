@@ -5,11 +5,11 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-
-from latexport.errors import SettingsError
-from latexport.export import convert
-from latexport.runtime import LatencyAdjustableSession
 from test_export import session_with_taps
+
+from latexport.export.conversion import convert
+from latexport.runtime.errors import SettingsError
+from latexport.runtime.session import LatencyAdjustableSession
 
 SELECTION_OPS = ("TopK", "If", "CumSum", "GatherElements", "Softmax")
 TEXTS = ["a very good film with a great story and a happy ending", "the plot was dull", "fun"]
@@ -122,12 +122,11 @@ def assert_keeps_what_float32_keeps(report, least_in_common: float) -> None:
 
 def test_a_variant_ranking_one_layer_backwards_falls_below_the_bound(variants, checkpoints, tmp_path):
     import onnx_ir as ir
-
     from test_validate import reverse_ranking
 
-    from latexport.checkpoint import load_checkpoint
-    from latexport.optimize import compare_variant
-    from latexport.validate import validation_inputs
+    from latexport.export.checkpoint import load_checkpoint
+    from latexport.export.optimize import compare_variant
+    from latexport.export.validate import validation_inputs
 
     planted = ir.load(str(variants["int8"].out_dir / "model.onnx"))
     reverse_ranking(1)(planted)
@@ -169,9 +168,9 @@ def fp16_keep_widths(model_dir) -> list[list[int]]:
 
 def test_fp16_with_the_keep_counts_halved_too_is_caught(variants, checkpoints, tmp_path, monkeypatch):
     """The planted regression: drop the protection of the keep-count arithmetic."""
-    import latexport.optimize
+    import latexport.export.optimize
 
-    monkeypatch.setattr(latexport.optimize, "keep_count_nodes", lambda graph: [])
+    monkeypatch.setattr(latexport.export.optimize, "keep_count_nodes", lambda graph: [])
     halved = convert(str(checkpoints[("bert", "text-classification")]), tmp_path / "halved", optimize="cuda", fp16=True)
     assert fp16_keep_widths(halved.out_dir) != fp16_keep_widths(variants["fused"].out_dir)
 

@@ -9,9 +9,13 @@ import pytest
 import torch
 from transformers import pipeline as transformers_pipeline
 
-from latexport.errors import InvalidInputError, ModelDirectoryError
-from latexport.ortmodel import LatexportModelForSequenceClassification, LatexportTextClassificationPipeline, pipeline
-from latexport.runtime import LatencyAdjustableSession
+from latexport.integrations.ortmodel import (
+    LatexportModelForSequenceClassification,
+    LatexportTextClassificationPipeline,
+    pipeline,
+)
+from latexport.runtime.errors import InvalidInputError, ModelDirectoryError
+from latexport.runtime.session import LatencyAdjustableSession
 
 TEXTS = ["the film was very good and the music was great , one of the best", "a dull , slow story with a bad ending"]
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from latexport.checkpoint import load_checkpoint
-from latexport.export import convert
-from latexport.metadata import ModelMetadata
-from latexport.passes import with_int64_outputs
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import convert
+from latexport.export.passes import with_int64_outputs
+from latexport.runtime.metadata import ModelMetadata
 
 TEXTS = [
     "the film was a very long story and the ending was sad but the music was great",

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from latexport.profile import EliminationProfile, clamp_keep_ratio
+from latexport.runtime.profile import EliminationProfile, clamp_keep_ratio
 
 
 def test_formula_matches_documentation():

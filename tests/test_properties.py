@@ -5,12 +5,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from latexport.checkpoint import load_checkpoint
-from latexport.export import build_model
-from latexport.profile import EliminationProfile
-from latexport.validate import pytorch_output
 from test_export import session_with_taps
+
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model
+from latexport.export.validate import pytorch_output
+from latexport.runtime.profile import EliminationProfile
 
 FAMILIES = ("bert", "roberta", "distilbert")
 
@@ -95,7 +95,7 @@ def test_profile_counts_stay_within_bounds(length, ratio, layers, power):
     data=st.data(),
 )
 def test_ties_always_go_to_the_lower_position(scores, data):
-    from latexport.selection import rank_and_pick
+    from latexport.export.selection import rank_and_pick
 
     keep = data.draw(st.integers(min_value=1, max_value=len(scores)))
     kept, _ = rank_and_pick(torch.tensor([scores], dtype=torch.float32), torch.tensor([keep]), keep)

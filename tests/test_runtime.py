@@ -9,8 +9,16 @@ import warnings
 import numpy as np
 import pytest
 
-from latexport.errors import InvalidInputError, ModelDirectoryError, ProviderError
-from latexport.runtime import LatencyAdjustableSession, TruncationWarning, check_keep_ratio
+from latexport.runtime.errors import (
+    InvalidInputError,
+    ModelDirectoryError,
+    ProviderError,
+)
+from latexport.runtime.session import (
+    LatencyAdjustableSession,
+    TruncationWarning,
+    check_keep_ratio,
+)
 
 TEXTS = ["a very good film with a great story", "the plot was dull and the ending was bad", "fun"]
 
@@ -34,7 +42,7 @@ def test_runtime_imports_and_runs_without_torch(bert_classifier):
                 if name.split(".")[0] in ("torch", "transformers", "optimum", "onnx"):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
-        from latexport.runtime import LatencyAdjustableSession
+        from latexport.runtime.session import LatencyAdjustableSession
         session = LatencyAdjustableSession({str(bert_classifier)!r})
         print(session.predict(["a good film"], keep_ratio=0.5).labels[0])
         assert "torch" not in sys.modules and "transformers" not in sys.modules

@@ -2,7 +2,13 @@
 
 import torch
 
-from latexport.selection import acc_scores, keep_counts, rank_and_pick, sanitize_keep_ratio, select_tokens
+from latexport.export.selection import (
+    acc_scores,
+    keep_counts,
+    rank_and_pick,
+    sanitize_keep_ratio,
+    select_tokens,
+)
 
 
 def naive_acc(probs, valid):

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from latexport.errors import InvalidInputError
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.errors import InvalidInputError
+from latexport.runtime.session import LatencyAdjustableSession
 
 SERVE_DIR = Path(__file__).resolve().parent.parent / "examples" / "serve"
 sys.path.insert(0, str(SERVE_DIR))

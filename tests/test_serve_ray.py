@@ -12,14 +12,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx  # the [test] extra installs [ray] and [serve]: missing is an error, not a skip
 import numpy as np
 import pytest
-
-import httpx  # the [test] extra installs [ray] and [serve]: missing is an error, not a skip
 import ray
 from ray import serve
 
-from latexport.runtime import LatencyAdjustableSession
+from latexport.runtime.session import LatencyAdjustableSession
 
 SERVE_DIR = Path(__file__).resolve().parents[1] / "examples" / "serve"
 sys.path.insert(0, str(SERVE_DIR))

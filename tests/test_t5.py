@@ -8,22 +8,27 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import make_t5_checkpoint
 from transformers import GenerationConfig
 from transformers.modeling_outputs import BaseModelOutput
 
-from latexport.checkpoint import load_checkpoint
 from latexport.cli import main
-from latexport.errors import InvalidInputError, ModelDirectoryError, SettingsError, UnsupportedModelError
-from latexport.estimate import FlopsModel, estimated_speedup
-from latexport.export import build_model, convert
-from latexport.generation import Sampling, Seq2SeqGenerator
-from latexport.metadata import ModelMetadata
-from latexport.model import pool
-from latexport.profile import EliminationProfile
-from latexport.runtime import LatencyAdjustableSession
-from latexport.selection import relative_position_bias
-from latexport.validate import pytorch_output, right_padded, validation_inputs
-from tiny import make_t5_checkpoint
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model, convert
+from latexport.export.model import pool
+from latexport.export.selection import relative_position_bias
+from latexport.export.validate import pytorch_output, right_padded, validation_inputs
+from latexport.runtime.errors import (
+    InvalidInputError,
+    ModelDirectoryError,
+    SettingsError,
+    UnsupportedModelError,
+)
+from latexport.runtime.estimate import FlopsModel, estimated_speedup
+from latexport.runtime.generation import Sampling, Seq2SeqGenerator
+from latexport.runtime.metadata import ModelMetadata
+from latexport.runtime.profile import EliminationProfile
+from latexport.runtime.session import LatencyAdjustableSession
 
 SHAPES = ("t5", "flan-t5")
 TASKS = ("text2text-generation", "text-classification", "feature-extraction")

@@ -12,12 +12,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import latexport.export
-from latexport.checkpoint import load_checkpoint
+import latexport.export.conversion
 from latexport.cli import main
-from latexport.export import build_model
-from latexport.reference import reference_acc, reference_batch, reference_keep_count, reference_pick
-from latexport.validate import right_padded, validation_inputs
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model
+from latexport.export.reference import (
+    reference_acc,
+    reference_batch,
+    reference_keep_count,
+    reference_pick,
+)
+from latexport.export.validate import right_padded, validation_inputs
 
 
 def _drop_branch(model: ir.Model, layer: int) -> ir.Graph:
@@ -51,18 +56,18 @@ def mask_not_carried(layer: int):
 
 
 def _plant(monkeypatch, plant) -> None:
-    original = latexport.export.save_traced
+    original = latexport.export.conversion.save_traced
 
     def save_with_bug(traced_path, path, edit=None):
         def both(model):
             if edit is not None:
                 edit(model)
-            if Path(path).name == latexport.export.MODEL_FILE:
+            if Path(path).name == latexport.export.conversion.MODEL_FILE:
                 plant(model)
 
         original(traced_path, path, both)
 
-    monkeypatch.setattr(latexport.export, "save_traced", save_with_bug)
+    monkeypatch.setattr(latexport.export.conversion, "save_traced", save_with_bug)
 
 
 @pytest.mark.parametrize("plant, layer", [(reverse_ranking, 2), (mask_not_carried, 1)], ids=["reversed-ranking", "mask-lost"])
@@ -84,7 +89,7 @@ def test_a_bug_shared_by_the_graph_and_the_pytorch_model_is_caught_by_the_indepe
     credited with the attention its mirror image received), in the family hook
     that both the graph and our PyTorch model run: only the independent
     reference can tell."""
-    from latexport.families.bert import RobertaFamily
+    from latexport.export.families.bert import RobertaFamily
 
     attend = RobertaFamily.attend
 
@@ -141,7 +146,7 @@ def test_reference_agrees_with_the_pytorch_model_on_every_layout(checkpoints, fa
 
 def test_every_family_was_validated_against_the_independent_reference(conversions, t5_converted, decoder_converted):
     """Every conversion of the suite, for every family and task: the ONNX file agreed with
-    latexport.reference on outputs and kept sets, for every validation batch at every ratio."""
+    latexport.export.reference on outputs and kept sets, for every validation batch at every ratio."""
     results = {**conversions, **t5_converted, **decoder_converted}
     families = {key[0] for key in results}
     assert {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "t5", "flan-t5", "gpt2", "llama"} <= families

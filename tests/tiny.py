@@ -9,17 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     BertConfig,
     DistilBertConfig,
     ElectraConfig,
-    PreTrainedTokenizerFast,
-    RobertaConfig,
     GPT2Config,
     LlamaConfig,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
     T5Config,
     T5EncoderModel,
     T5ForConditionalGeneration,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from service import ClassificationService  # noqa: E402
 
-from latexport.errors import InvalidInputError  # noqa: E402
+from latexport.runtime.errors import InvalidInputError  # noqa: E402
 
 
 class ClassifyRequest(BaseModel):

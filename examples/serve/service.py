@@ -27,8 +27,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from latexport.errors import InvalidInputError
-from latexport.runtime import LatencyAdjustableSession, Prediction, check_keep_ratio, check_target_ms, check_texts
+from latexport.runtime.errors import InvalidInputError
+from latexport.runtime.session import (
+    LatencyAdjustableSession,
+    Prediction,
+    check_keep_ratio,
+    check_target_ms,
+    check_texts,
+)
 
 #: Percentiles are computed over the most recent requests, so /metrics stays O(window).
 METRICS_WINDOW = 10_000

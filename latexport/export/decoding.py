@@ -1,0 +1,176 @@
+"""Decoder-only generation graphs: the pruned prompt pass and the decode step.
+
+The prompt pass (prefill) is ``LatencyAdjustableModel`` with the
+text-generation task: it drops word-vectors layer by layer, returns the next
+token's logits and hands every layer's keys and values, of the word-vectors
+that entered that layer, to a ``LayerCache``.  Layers keep different numbers
+of word-vectors, so the caches have different lengths, each with its mask.
+
+The decode step takes one new token per row, its position, and every layer's
+cache and mask; it appends the token's keys and values to each layer and
+returns the next logits.  It reuses the family's hooks and the transformers
+modules of the loaded model, as the prefill does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from latexport.export.families.decoder import DecoderFamily
+from latexport.export.model import LatencyAdjustableModel
+from latexport.export.tracing import save_traced, trace
+from latexport.runtime.metadata import cache_names
+
+
+class LayerCache:
+    """Stands in for a transformers ``Cache``: attention modules call ``update`` with a
+    layer's new keys and values [B, kv_heads, n, head_dim]; with ``past`` those are
+    appended to it.  ``layers[l]`` then holds layer ``l``'s full keys and values."""
+
+    def __init__(self, past: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None):
+        self.past = past
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
+        if self.past is not None:
+            past_key, past_value = self.past[layer_idx]
+            key, value = torch.cat([past_key, key], dim=2), torch.cat([past_value, value], dim=2)
+        self.layers[layer_idx] = (key, value)
+        return key, value
+
+    def flat(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every layer's key, value and mask (``masks[l]``), in the graphs' order (``cache_names``)."""
+        return [tensor for layer, mask in enumerate(masks) for tensor in (*self.layers[layer], mask)]
+
+
+class PrefillWrapper(nn.Module):
+    """Export signature of the prompt pass: (input_ids, attention_mask, keep_ratio) ->
+    (logits [B, V], then key, value and mask of every layer, then the kept-positions taps)."""
+
+    def __init__(self, model: LatencyAdjustableModel, with_kept_positions: bool = True):
+        super().__init__()
+        self.model = model
+        self.with_kept_positions = with_kept_positions
+
+    def forward(self, input_ids, attention_mask, keep_ratio):
+        cache = LayerCache()
+        result = self.model(input_ids, attention_mask, None, keep_ratio, cache=cache)
+        outputs = [result.output, *cache.flat(result.cache_masks)]
+        if self.with_kept_positions:
+            outputs.extend(result.kept_positions)
+        return tuple(outputs)
+
+
+class DecodeStep(nn.Module):
+    """T new tokens per row (T = 1 when generating; more to score a continuation):
+    (input_ids [B, T], position_ids [B, T], then per layer the cache key, value and
+    mask) -> (logits [B, T, V], then the appended key, value and mask)."""
+
+    def __init__(self, hf_model: nn.Module, family: DecoderFamily):
+        super().__init__()
+        self.hf_model = hf_model
+        self.family = family
+
+    def forward(self, input_ids, position_ids, *past):
+        family = self.family
+        core = family.core(self.hf_model)
+        layers = family.layers(core)
+        triples = [past[3 * layer : 3 * layer + 3] for layer in range(len(layers))]
+        cache = LayerCache([(key, value) for key, value, _ in triples])
+        hidden = family.embed(core, input_ids, None, position_ids)
+        new_valid = torch.ones_like(input_ids)
+        masks = []
+        for layer_index, layer in enumerate(layers):
+            key_valid = torch.cat([triples[layer_index][2], new_valid], dim=1)
+            masks.append(key_valid)
+            inputs = family.step_inputs(core, key_valid > 0, position_ids, hidden.dtype)
+            mixed, _ = family.attend(layer, hidden, inputs, cache)
+            hidden = family.finish(layer, mixed, hidden)
+        hidden = family.final_states(core, hidden)
+        logits = family.lm_head(self.hf_model)(hidden)
+        outputs = [logits]
+        for layer_index in range(len(layers)):
+            outputs.extend([*cache.layers[layer_index], masks[layer_index]])
+        return tuple(outputs)
+
+
+def cache_axes(num_layers: int, prefix: str) -> dict[str, dict[int, str]]:
+    """Dynamic axes of every layer's cache: batch, and a length of its own."""
+    axes = {}
+    for layer in range(num_layers):
+        length = f"{prefix}_length_{layer}"
+        axes[f"{prefix}.{layer}.key"] = {0: "batch", 2: length}
+        axes[f"{prefix}.{layer}.value"] = {0: "batch", 2: length}
+        axes[f"{prefix}.{layer}.mask"] = {0: "batch", 1: length}
+    return axes
+
+
+def example_cache(lat: LatencyAdjustableModel) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A real prompt pass at keep_ratio 0.5 over a padded batch: caches whose lengths
+    differ from layer to layer, to trace the decode step with (and the next positions)."""
+    batch, width = 2, 12
+    input_ids = torch.full((batch, width), 5, dtype=torch.int64)
+    attention_mask = torch.ones((batch, width), dtype=torch.int64)
+    attention_mask[1, width // 2 :] = 0
+    cache = LayerCache()
+    with torch.no_grad():
+        result = lat(input_ids, attention_mask, None, 0.5, cache=cache)
+    return cache.flat(result.cache_masks), attention_mask.sum(dim=1, keepdim=True)
+
+
+def export_decode_step(lat: LatencyAdjustableModel, path: Path, opset: int) -> None:
+    """Trace ``DecodeStep`` into ``path`` (inputs ``input_ids``, ``position_ids`` and
+    ``past.{l}.key/value/mask``; outputs ``logits`` and ``present.{l}.key/value/mask``)."""
+    step = DecodeStep(lat.hf_model, lat.family).eval()
+    past, next_positions = example_cache(lat)
+    layers = lat.profile.num_layers
+    input_names = ["input_ids", "position_ids", *cache_names(layers, "past")]
+    output_names = ["logits", *cache_names(layers, "present")]
+    dynamic_axes = {
+        "input_ids": {0: "batch", 1: "new_tokens"},
+        "position_ids": {0: "batch", 1: "new_tokens"},
+        "logits": {0: "batch", 1: "new_tokens"},
+    }
+    dynamic_axes.update(cache_axes(layers, "past"))
+    dynamic_axes.update(cache_axes(layers, "present"))
+    # Traced with two new tokens so that nothing is specialised to one; generation feeds one.
+    input_ids = torch.full((next_positions.shape[0], 2), 7, dtype=torch.int64)
+    next_positions = torch.cat([next_positions, next_positions + 1], dim=1)
+    save_traced(trace(step, (input_ids, next_positions, *past), path, input_names, output_names, dynamic_axes, opset), path)
+
+
+class PyTorchGenerator:
+    """Greedy generation with the very modules that are exported, run eagerly: the
+    reference the ONNX prompt pass and decode step are validated against."""
+
+    def __init__(self, lat: LatencyAdjustableModel):
+        self.lat = lat
+        self.step = DecodeStep(lat.hf_model, lat.family).eval()
+
+    @torch.no_grad()
+    def greedy(self, feed: dict, keep_ratio: float, max_new_tokens: int, eos_token_id: Optional[int] = None):
+        """(new token ids per row, cut after the end token; the first logits [B, V] as numpy)."""
+        input_ids = torch.from_numpy(feed["input_ids"])
+        attention_mask = torch.from_numpy(feed["attention_mask"])
+        cache = LayerCache()
+        result = self.lat(input_ids, attention_mask, None, torch.tensor(keep_ratio), cache=cache)
+        past = cache.flat(result.cache_masks)
+        positions = attention_mask.sum(dim=1, keepdim=True)
+        logits = first_logits = result.output
+        tokens = []
+        for position in range(max_new_tokens):
+            next_ids = logits.argmax(dim=-1)
+            tokens.append(next_ids)
+            if position == max_new_tokens - 1:
+                break
+            logits, *past = self.step(next_ids.unsqueeze(1), positions, *past)
+            logits = logits[:, -1]
+            positions = positions + 1
+        rows = torch.stack(tokens, dim=1).tolist()
+        if eos_token_id is not None:
+            rows = [row[: row.index(eos_token_id) + 1] if eos_token_id in row else row for row in rows]
+        return rows, first_logits.numpy()

@@ -1,0 +1,173 @@
+"""The Latency Adjustable Transformer in PyTorch: a layer loop around a
+transformers model that drops the lowest-ACC word-vectors in every layer.
+
+This module is both the PyTorch reference the ONNX graph is validated against
+and the module that is exported; fine-tuning trains through it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from latexport.export.families import (
+    TASK_CLASSIFICATION,
+    TASK_FEATURES,
+    TASK_GENERATION,
+    TASK_TEXT2TEXT,
+    EncoderFamily,
+)
+from latexport.export.selection import (
+    keep_counts,
+    real_tokens_first,
+    relative_position_bias,
+    sanitize_keep_ratio,
+    select_tokens,
+    select_tokens_and_bias,
+    select_tokens_and_bias_for_export,
+    select_tokens_for_export,
+)
+from latexport.runtime.profile import EliminationProfile
+
+POOLINGS = ("mean", "cls")
+
+
+@dataclass
+class LatencyAdjustableOutput:
+    """``output`` is logits [B, labels], a pooled embedding [B, hidden], or for
+    text2text-generation the encoder's kept states [B, K, hidden], whose mask
+    ([B, K], 1 for a real word-vector) is ``attention_mask``.
+
+    ``kept_positions[l]`` is [B, K_l]: the positions of the word-vectors alive
+    after layer ``l``, in order, with -1 in surplus slots.  A position is the
+    token's index among its row's real tokens, whichever side the row was
+    padded on (for a right-padded row: its column).
+    """
+
+    output: torch.Tensor
+    kept_positions: list[torch.Tensor] = field(default_factory=list)
+    attention_mask: Optional[torch.Tensor] = None
+    #: text-generation with a ``cache``: ``cache_masks[l]`` [B, N_l] marks the real word-vectors among
+    #: those that entered layer ``l`` (whose keys and values the cache holds).
+    cache_masks: list[torch.Tensor] = field(default_factory=list)
+
+
+class LatencyAdjustableModel(nn.Module):
+    """Wraps a transformers encoder; ``forward`` takes the runtime ``keep_ratio``."""
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        family: EncoderFamily,
+        profile: EliminationProfile,
+        task: str = TASK_CLASSIFICATION,
+        pooling: str = "mean",
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if profile.num_layers != len(family.layers(family.core(hf_model))):
+            raise ValueError(
+                f"profile has {profile.num_layers} layers but the model has {len(family.layers(family.core(hf_model)))}"
+            )
+        self.hf_model = hf_model
+        self.family = family
+        self.profile = profile
+        self.task = task
+        self.pooling = pooling
+        self.exponents = profile.exponents()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        keep_ratio: Union[float, torch.Tensor] = 1.0,
+        cache=None,
+    ) -> LatencyAdjustableOutput:
+        """``cache`` (text-generation, ``latexport.export.decoding.LayerCache``) receives every
+        layer's keys and values of the word-vectors that entered it."""
+        family = self.family
+        core = family.core(self.hf_model)
+        if not torch.is_tensor(keep_ratio):
+            keep_ratio = torch.tensor(float(keep_ratio))
+        ratio = sanitize_keep_ratio(keep_ratio)
+        batch, width = input_ids.shape
+
+        order = real_tokens_first(attention_mask > 0)
+        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.gather(1, order)
+        valid = attention_mask > 0
+        valid_lengths = valid.sum(dim=1).to(torch.float32)
+        positions = family.initial_positions(valid)
+        hidden = family.embed(core, input_ids, token_type_ids, positions)
+
+        tracing = torch.jit.is_tracing()
+        select = select_tokens_for_export if tracing else select_tokens
+        select_with_bias = select_tokens_and_bias_for_export if tracing else select_tokens_and_bias
+        distance_table = family.relative_position_table(core, width, hidden.dtype)
+        bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
+        kept_positions, cache_masks = [], []
+        for layer, exponent in zip(family.layers(core), self.exponents):
+            if cache is not None:
+                cache_masks.append(valid.to(torch.int64))
+            attention_inputs = family.attention_inputs(core, valid, positions, hidden.dtype) if bias is None else bias
+            mixed, probs = family.attend(layer, hidden, attention_inputs, cache)
+            keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
+            always_keep = family.always_keep(valid)
+            if bias is None:
+                hidden, mixed, valid, positions = select(
+                    probs, valid, always_keep, keep, hidden, mixed, positions, family.causal
+                )
+            else:
+                hidden, mixed, valid, positions, bias = select_with_bias(
+                    probs, valid, always_keep, keep, hidden, mixed, positions, bias, distance_table
+                )
+            hidden = family.finish(layer, mixed, hidden)
+            kept_positions.append(torch.where(valid, positions, torch.full_like(positions, -1)))
+
+        hidden = family.final_states(core, hidden)
+        if self.task == TASK_TEXT2TEXT:
+            return LatencyAdjustableOutput(hidden, kept_positions, attention_mask=valid.to(torch.int64))
+        if self.task == TASK_GENERATION:
+            logits = family.next_token_logits(self.hf_model, hidden, valid)
+            return LatencyAdjustableOutput(logits, kept_positions, cache_masks=cache_masks)
+        if self.task == TASK_FEATURES:
+            output = pool(hidden, valid, self.pooling)
+        else:
+            output = family.classify(self.hf_model, hidden, valid, input_ids)
+        return LatencyAdjustableOutput(output=output, kept_positions=kept_positions)
+
+
+def pool(hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence embedding from the final word-vectors: mean over the valid ones, or [CLS]
+    (column 0: rows are packed real tokens first, and [CLS] is always kept)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = valid.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class ExportWrapper(nn.Module):
+    """The exported signature: plain tensors in, a flat tuple of tensors out."""
+
+    def __init__(self, model: LatencyAdjustableModel, with_token_type_ids: bool, with_kept_positions: bool = True):
+        super().__init__()
+        self.model = model
+        self.with_token_type_ids = with_token_type_ids
+        self.with_kept_positions = with_kept_positions
+
+    def forward(self, input_ids, attention_mask, *rest):
+        if self.with_token_type_ids:
+            token_type_ids, keep_ratio = rest
+        else:
+            token_type_ids, (keep_ratio,) = None, rest
+        result = self.model(input_ids, attention_mask, token_type_ids, keep_ratio)
+        outputs = (result.output,) if result.attention_mask is None else (result.output, result.attention_mask)
+        if self.with_kept_positions:
+            outputs = (*outputs, *result.kept_positions)
+        return outputs if len(outputs) > 1 else outputs[0]

@@ -1,0 +1,311 @@
+"""An independent reference for the pruned forward pass: transformers' own
+layers, with the scoring and the choice of survivors in plain numpy.
+
+Why it exists: ``latexport.export.model`` (the PyTorch model) and the exported graph
+run the same ``latexport.export.selection`` functions, so comparing the two cannot
+catch a bug in the selection.  This module shares no code with
+``latexport.export.selection``, ``latexport.export.model`` or ``latexport.export.families``:
+
+* each row runs alone, with its padding stripped, so no mask logic is needed
+  and nothing can depend on the padding side or the batch's width;
+* every transformers layer runs whole on the word-vectors still alive, and a
+  forward hook reads the attention probabilities its own attention module
+  returns;
+* ACC is summed in numpy over heads and queries (in a causal layer divided
+  by the number of queries that can see each key), the head's token is
+  pinned, and the kept set is a stable sort, ties to the lower position;
+* the layer's output rows of the kept word-vectors go on to the next layer.
+
+Dropping after the whole layer equals latexport's drop after the attention
+mixing, because everything after the mixing (output projection, residual,
+LayerNorm, feed-forward) works on each word-vector alone.
+
+What it knows of each architecture (how to embed, call a layer, and read the
+head) is written here again on purpose, from transformers' modules, so that a
+mistake in a family hook shows up as a difference.  Slow and simple by design:
+it is for validation and tests, never for serving.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from latexport.runtime.profile import CEIL_SLACK
+
+
+@dataclass
+class RowReference:
+    """One row's result: ``output`` (logits, embedding, or the kept encoder states
+    [K, D] for text2text) and, per layer, the kept positions (indices among the
+    row's real tokens, ascending)."""
+
+    output: np.ndarray
+    kept_positions: list[np.ndarray]
+
+
+def reference_keep_count(length: int, alive: int, keep_ratio: float, exponent: float) -> int:
+    """The documented schedule (``latexport.runtime.profile``), restated: ceil(L * r^e), at least one, at most what is alive."""
+    wanted = math.ceil(length * keep_ratio**exponent - CEIL_SLACK)
+    return min(max(wanted, 1), alive)
+
+
+def reference_acc(probs: np.ndarray, causal: bool) -> np.ndarray:
+    """[n] ACC from one row's [H, n, n] probabilities (query, key)."""
+    scores = probs.astype(np.float64).sum(axis=(0, 1))
+    if causal:
+        scores = scores / (len(scores) - np.arange(len(scores)))  # key j is seen by queries j..n-1
+    return scores
+
+
+def reference_pick(scores: np.ndarray, keep: int, pinned: Optional[int]) -> np.ndarray:
+    """Indices of the ``keep`` best scores, ascending; ties go to the lower index."""
+    scores = scores.copy()
+    if pinned is not None:
+        scores[pinned] = np.inf
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:keep])
+
+
+class Architecture:
+    """How to run one architecture from transformers' modules (see the module doc)."""
+
+    #: Which alive word-vector the head reads and so is never dropped: "first", "last" or None.
+    pinned: Optional[str] = "first"
+    causal: bool = False
+
+    def base(self, model):
+        return model.base_model
+
+    def embed(self, model, ids: torch.Tensor, types: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.base(model).embeddings(input_ids=ids, token_type_ids=types)
+
+    def layers(self, model):
+        return self.base(model).encoder.layer
+
+    def attention(self, layer):
+        """The module whose output's last element is the [1, H, n, n] probabilities."""
+        return layer.attention.self
+
+    def prepare(self, model, hidden: torch.Tensor) -> None:
+        """Anything computed once per row over all its tokens (T5's bias)."""
+
+    def run_layer(self, model, layer, hidden: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+        return layer(hidden, attention_mask=None, output_attentions=True)[0]  # one unpadded row: no mask
+
+    def final(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    def classify(self, model, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return model.classifier(model.dropout(self.base(model).pooler(hidden)))
+
+    def generate_logits(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BertArchitecture(Architecture):
+    pass
+
+
+class RobertaArchitecture(Architecture):
+    def classify(self, model, hidden, ids):
+        return model.classifier(hidden)
+
+
+class ElectraArchitecture(RobertaArchitecture):
+    def embed(self, model, ids, types):
+        hidden = super().embed(model, ids, types)
+        project = getattr(self.base(model), "embeddings_project", None)
+        return hidden if project is None else project(hidden)
+
+
+class DistilBertArchitecture(Architecture):
+    def embed(self, model, ids, types):
+        return self.base(model).embeddings(ids)
+
+    def layers(self, model):
+        return self.base(model).transformer.layer
+
+    def attention(self, layer):
+        return layer.attention
+
+    def run_layer(self, model, layer, hidden, positions):
+        mask = torch.ones(hidden.shape[:2], dtype=torch.int64)
+        return layer(hidden, attn_mask=mask, output_attentions=True)[-1]
+
+    def classify(self, model, hidden, ids):
+        pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
+        return model.classifier(model.dropout(pooled))
+
+
+class T5Architecture(Architecture):
+    pinned = None
+
+    def base(self, model):
+        inner = getattr(model, "transformer", model)
+        return inner.get_encoder()
+
+    def embed(self, model, ids, types):
+        return self.base(model).embed_tokens(ids)
+
+    def layers(self, model):
+        return self.base(model).block
+
+    def attention(self, layer):
+        return layer.layer[0].SelfAttention
+
+    def prepare(self, model, hidden):
+        width = hidden.shape[1]
+        self._bias = self.layers(model)[0].layer[0].SelfAttention.compute_bias(width, width)  # [1, H, n, n]
+
+    def run_layer(self, model, layer, hidden, positions):
+        index = torch.from_numpy(positions)
+        bias = self._bias[:, :, index][:, :, :, index]  # every kept pair keeps its original distance
+        return layer(hidden, attention_mask=None, position_bias=bias, output_attentions=True)[0]
+
+    def final(self, model, hidden):
+        return self.base(model).final_layer_norm(hidden)
+
+    def classify(self, model, hidden, ids):
+        return model(input_ids=ids, encoder_outputs=(hidden,)).logits
+
+
+def _causal_mask(width: int, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, n, n] additive: alive word-vectors stay in their original order."""
+    allowed = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    return torch.zeros(width, width, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+class GPT2Architecture(Architecture):
+    pinned = "last"
+    causal = True
+
+    def embed(self, model, ids, types):
+        base = self.base(model)
+        return base.wte(ids) + base.wpe(torch.arange(ids.shape[1])[None])
+
+    def layers(self, model):
+        return self.base(model).h
+
+    def attention(self, layer):
+        return layer.attn
+
+    def run_layer(self, model, layer, hidden, positions):
+        return layer(hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype), output_attentions=True)[0]
+
+    def final(self, model, hidden):
+        return self.base(model).ln_f(hidden)
+
+    def classify(self, model, hidden, ids):
+        return model.score(hidden[:, -1])
+
+    def generate_logits(self, model, hidden):
+        return model.lm_head(hidden[:, -1])
+
+
+class LlamaArchitecture(GPT2Architecture):
+    def embed(self, model, ids, types):
+        return self.base(model).embed_tokens(ids)
+
+    def layers(self, model):
+        return self.base(model).layers
+
+    def attention(self, layer):
+        return layer.self_attn
+
+    def run_layer(self, model, layer, hidden, positions):
+        position_ids = torch.from_numpy(positions)[None]
+        rotary = self.base(model).rotary_emb(hidden, position_ids)  # rotated by the original positions
+        output = layer(
+            hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype), position_ids=position_ids,
+            position_embeddings=rotary,
+        )
+        return output[0] if isinstance(output, tuple) else output
+
+    def final(self, model, hidden):
+        return self.base(model).norm(hidden)
+
+
+#: ``config.model_type`` -> how the reference runs it.
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": BertArchitecture(),
+    "roberta": RobertaArchitecture(),
+    "xlm-roberta": RobertaArchitecture(),
+    "camembert": RobertaArchitecture(),
+    "electra": ElectraArchitecture(),
+    "distilbert": DistilBertArchitecture(),
+    "t5": T5Architecture(),
+    "gpt2": GPT2Architecture(),
+    "llama": LlamaArchitecture(),
+}
+
+
+def reference_row(
+    model,
+    task: str,
+    exponents: Sequence[float],
+    input_ids: np.ndarray,
+    keep_ratio: float,
+    token_type_ids: Optional[np.ndarray] = None,
+    pooling: str = "mean",
+) -> RowReference:
+    """One row of real tokens (no padding) through the pruned pass; ``task`` as in
+    ``latexport.export.families`` (text-classification, feature-extraction,
+    text2text-generation, text-generation)."""
+    architecture = ARCHITECTURES[model.config.model_type]
+    keep_ratio = 1.0 if math.isnan(keep_ratio) else min(max(float(keep_ratio), 0.0), 1.0)
+    ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))[None]
+    types = None if token_type_ids is None else torch.as_tensor(np.asarray(token_type_ids, dtype=np.int64))[None]
+    length = ids.shape[1]
+    captured = []
+    kept_positions = []
+    with torch.no_grad():
+        hidden = architecture.embed(model, ids, types)
+        architecture.prepare(model, hidden)
+        positions = np.arange(length)
+        for layer, exponent in zip(architecture.layers(model), exponents):
+            handle = architecture.attention(layer).register_forward_hook(
+                lambda module, args, output: captured.append(output[-1])
+            )
+            try:
+                hidden = architecture.run_layer(model, layer, hidden, positions)
+            finally:
+                handle.remove()
+            probs = captured.pop()[0].numpy()
+            alive = len(positions)
+            pinned = {"first": 0, "last": alive - 1, None: None}[architecture.pinned]
+            keep = reference_keep_count(length, alive, keep_ratio, exponent)
+            kept = reference_pick(reference_acc(probs, architecture.causal), keep, pinned)
+            hidden = hidden[:, torch.from_numpy(kept)]
+            positions = positions[kept]
+            kept_positions.append(positions.copy())
+        hidden = architecture.final(model, hidden)
+        if task == "text-classification":
+            output = architecture.classify(model, hidden, ids)[0]
+        elif task == "text-generation":
+            output = architecture.generate_logits(model, hidden)[0]
+        elif task == "text2text-generation":
+            output = hidden[0]
+        else:
+            output = hidden[0, 0] if pooling == "cls" else hidden[0].mean(dim=0)
+    return RowReference(output.numpy(), kept_positions)
+
+
+def reference_batch(
+    model, task: str, exponents: Sequence[float], feed: dict[str, np.ndarray], keep_ratio: float, pooling: str = "mean"
+) -> list[RowReference]:
+    """Every row of a padded batch (either side, any width), each run alone on its real tokens."""
+    rows = []
+    for row, mask in enumerate(np.asarray(feed["attention_mask"]) > 0):
+        types = feed.get("token_type_ids")
+        rows.append(
+            reference_row(
+                model, task, exponents, feed["input_ids"][row][mask], keep_ratio,
+                None if types is None else types[row][mask], pooling,
+            )
+        )
+    return rows

@@ -1,0 +1,256 @@
+"""``latexport evaluate`` and ``latexport tune``: the accuracy/speed curve of one
+ONNX file on labelled data, and choosing its default keep_ratio from that curve.
+
+Evaluation runs the exported file through the runtime session, exactly as an
+application would.  Every batch is run at every ratio, in a shuffled order,
+so the latencies of all ratios are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from latexport.runtime.atomic import save_figure_atomic, write_bytes_atomic
+from latexport.runtime.errors import LatexportError
+from latexport.runtime.estimate import estimated_speedup
+from latexport.runtime.metadata import PREFIX
+from latexport.runtime.session import MODEL_FILE, LatencyAdjustableSession
+from latexport.training.data import (
+    Columns,
+    encode_labels,
+    read_examples,
+    regression_targets,
+)
+
+EVALUATION_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+TUNING_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02)
+
+
+@dataclass
+class RatioResult:
+    keep_ratio: float
+    metrics: dict
+    seconds: float
+    median_batch_ms: float
+    speedup: float = 1.0
+    estimated_speedup: float = 1.0
+
+
+@dataclass
+class Evaluation:
+    model_dir: str
+    data: str
+    examples: int
+    batch_size: int
+    metric: str
+    rows: list[RatioResult] = field(default_factory=list)
+
+    def row(self, ratio: float) -> RatioResult:
+        return next(row for row in self.rows if row.keep_ratio == ratio)
+
+    @property
+    def full(self) -> RatioResult:
+        return self.row(1.0)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def evaluate(
+    model_dir: Path,
+    data: str,
+    columns: Columns = Columns(),
+    keep_ratios: tuple[float, ...] = EVALUATION_RATIOS,
+    batch_size: int = 32,
+    threads: int = 0,
+    provider: str = "cpu",
+    seed: int = 0,
+) -> Evaluation:
+    session = LatencyAdjustableSession(model_dir, provider=provider, intra_op_threads=threads, truncation="silent")
+    examples = read_examples(data, columns)
+    regression = session.metadata.problem_type == "regression"
+    if session.metadata.task != "text-classification":
+        raise LatexportError(f"{model_dir} does {session.metadata.task}; evaluate needs a classification or regression model")
+    targets = np.array(regression_targets(examples) if regression else encode_labels(examples, session.labels))
+    ratios = tuple(sorted(set(keep_ratios) | {1.0}, reverse=True))
+
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        stop = min(start + batch_size, len(examples))
+        pairs = examples.text_pairs[start:stop] if examples.text_pairs else None
+        batches.append(session.encode(examples.texts[start:stop], pairs))
+    outputs = {ratio: [] for ratio in ratios}
+    times = {ratio: [] for ratio in ratios}
+    shuffler = random.Random(seed)
+    order = list(ratios)
+    for feed in batches:
+        session.run(feed, 1.0)  # warm this batch shape
+        shuffler.shuffle(order)
+        for ratio in order:
+            start = time.perf_counter()
+            outputs[ratio].append(session.run(feed, ratio))
+            times[ratio].append(time.perf_counter() - start)
+
+    lengths = np.concatenate([feed["attention_mask"].sum(axis=1) for feed in batches])
+    typical_length = int(np.median(lengths))
+    evaluation = Evaluation(
+        model_dir=str(model_dir), data=str(data), examples=len(examples), batch_size=batch_size,
+        metric="pearson" if regression else "accuracy",
+    )
+    full_seconds = sum(times[1.0])
+    for ratio in ratios:
+        predictions = np.concatenate(outputs[ratio])
+        seconds = sum(times[ratio])
+        evaluation.rows.append(
+            RatioResult(
+                keep_ratio=ratio,
+                metrics=_metrics(predictions, targets, regression),
+                seconds=seconds,
+                median_batch_ms=float(np.median(times[ratio])) * 1000,
+                speedup=full_seconds / seconds,
+                estimated_speedup=estimated_speedup(session.metadata.flops, session.metadata.profile, typical_length, ratio),
+            )
+        )
+    return evaluation
+
+
+def _metrics(predictions: np.ndarray, targets: np.ndarray, regression: bool) -> dict:
+    if regression:
+        values = predictions[:, 0]
+        pearson = float(np.corrcoef(values, targets)[0, 1]) if values.std() > 0 else 0.0
+        return {"pearson": pearson, "mse": float(np.mean((values - targets) ** 2))}
+    predicted = predictions.argmax(axis=1)
+    f1s = []
+    # Over the labels that occur as a target or a prediction, as scikit-learn's macro F1 counts them.
+    for label in np.union1d(targets, predicted):
+        true_positive = np.sum((predicted == label) & (targets == label))
+        precision = true_positive / max(np.sum(predicted == label), 1)
+        recall = true_positive / max(np.sum(targets == label), 1)
+        f1s.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+    return {"accuracy": float(np.mean(predicted == targets)), "macro_f1": float(np.mean(f1s))}
+
+
+def render(evaluation: Evaluation) -> str:
+    metric = evaluation.metric
+    lines = [
+        f"{evaluation.model_dir} on {evaluation.data}: {evaluation.examples} examples, batches of {evaluation.batch_size}",
+        f"{'keep_ratio':>10} {metric:>9} {'drop':>7} {'speedup':>8} {'estimate':>9} {'batch ms':>9}",
+    ]
+    full = evaluation.full.metrics[metric]
+    for row in evaluation.rows:
+        value = row.metrics[metric]
+        lines.append(
+            f"{row.keep_ratio:>10g} {value:>9.4f} {100 * (full - value):>6.2f}p {row.speedup:>7.2f}x "
+            f"{row.estimated_speedup:>8.2f}x {row.median_batch_ms:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(evaluation: Evaluation, path: Path, title: Optional[str] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [row.keep_ratio for row in evaluation.rows]
+    figure, metric_axis = plt.subplots(figsize=(6.4, 4.2))
+    metric_axis.plot(ratios, [row.metrics[evaluation.metric] for row in evaluation.rows], marker="o", color="tab:blue")
+    metric_axis.set_xlabel("keep_ratio")
+    metric_axis.set_ylabel(evaluation.metric, color="tab:blue")
+    metric_axis.invert_xaxis()
+    speed_axis = metric_axis.twinx()
+    speed_axis.plot(ratios, [row.speedup for row in evaluation.rows], marker="s", color="tab:red", label="measured")
+    speed_axis.plot(ratios, [row.estimated_speedup for row in evaluation.rows], "--", color="tab:red", alpha=0.5, label="estimate")
+    speed_axis.set_ylabel("speedup over keep_ratio 1", color="tab:red")
+    speed_axis.legend(loc="upper left")
+    metric_axis.grid(True, alpha=0.3)
+    metric_axis.set_title(title or Path(evaluation.model_dir).name)
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+
+
+# --- offline tuning -----------------------------------------------------------
+@dataclass
+class TuneResult:
+    keep_ratio: float
+    constraint: str
+    evaluation: Evaluation
+
+
+def choose_ratio(evaluation: Evaluation, max_drop: Optional[float] = None, target_speedup: Optional[float] = None) -> tuple[float, str]:
+    """The ratio that meets the constraint.
+
+    ``max_drop``: the fastest ratio whose metric is within ``max_drop`` (absolute,
+    0.01 = one point) of the full model's.  ``target_speedup``: the most accurate
+    ratio whose measured speedup reaches the target.
+    """
+    if (max_drop is None) == (target_speedup is None):
+        raise LatexportError("give exactly one of max_drop or target_speedup")
+    if max_drop is not None and not max_drop >= 0:
+        raise LatexportError(f"max_drop must be 0 or more, got {max_drop}")
+    if target_speedup is not None and not target_speedup > 0:
+        raise LatexportError(f"target_speedup must be positive, got {target_speedup}")
+    metric = evaluation.metric
+    full = evaluation.full.metrics[metric]
+    if max_drop is not None:
+        good = [row for row in evaluation.rows if row.metrics[metric] >= full - max_drop]
+        best = max(good, key=lambda row: (row.speedup, row.keep_ratio))
+        return best.keep_ratio, f"{metric} within {max_drop:g} of the full model's {full:.4f}"
+    fast = [row for row in evaluation.rows if row.speedup >= target_speedup]
+    if not fast:
+        top = max(evaluation.rows, key=lambda row: row.speedup)
+        raise LatexportError(
+            f"no keep_ratio reached a {target_speedup:g}x speedup on this data; the fastest measured was "
+            f"{top.speedup:.2f}x at keep_ratio {top.keep_ratio:g}"
+        )
+    best = max(fast, key=lambda row: (row.metrics[metric], row.keep_ratio))
+    return best.keep_ratio, f"measured speedup of at least {target_speedup:g}x"
+
+
+def tune(
+    model_dir: Path,
+    data: str,
+    columns: Columns = Columns(),
+    max_drop: Optional[float] = None,
+    target_speedup: Optional[float] = None,
+    keep_ratios: tuple[float, ...] = TUNING_RATIOS,
+    batch_size: int = 32,
+    threads: int = 0,
+) -> TuneResult:
+    """Evaluate on held-out ``data``, choose the ratio, and record it as the model's default."""
+    if (max_drop is None) == (target_speedup is None):
+        raise LatexportError("give exactly one of --max-drop or --target-speedup")
+    evaluation = evaluate(model_dir, data, columns, keep_ratios, batch_size, threads)
+    ratio, constraint = choose_ratio(evaluation, max_drop, target_speedup)
+    record = {
+        "constraint": constraint,
+        "data": str(data),
+        "metric": evaluation.metric,
+        "batch_size": batch_size,
+        "curve": [
+            {"keep_ratio": row.keep_ratio, evaluation.metric: row.metrics[evaluation.metric], "speedup": row.speedup}
+            for row in evaluation.rows
+        ],
+    }
+    write_metadata(Path(model_dir) / MODEL_FILE, {"default_keep_ratio": repr(float(ratio)), "tuning": json.dumps(record)})
+    return TuneResult(ratio, constraint, evaluation)
+
+
+def write_metadata(model_path: Path, values: dict[str, str]) -> None:
+    """Set ``latexport.*`` metadata keys in place, atomically (the file is rewritten beside and renamed)."""
+    import onnx
+
+    proto = onnx.load(str(model_path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({PREFIX + key: value for key, value in values.items()})
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    write_bytes_atomic(model_path, proto.SerializeToString())
