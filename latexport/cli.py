@@ -289,7 +289,13 @@ def _data_options(function):
 @click.option("--train", "train_data", required=True, help="CSV, TSV or JSON Lines file, or hub dataset name:split.")
 @click.option("--validation", "validation_data", required=True, help="Held-out data, same format.")
 @_data_options
-@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", type=click.IntRange(1),
+              help="Train exactly this many epochs and keep the last weights (default: until the validation score "
+                   "stops improving, keeping the best).")
+@click.option("--max-steps", type=click.IntRange(1),
+              help="Step budget without --epochs (default: scaled to the data, 3 to 20 epochs).")
+@click.option("--patience", default=3, show_default=True, type=click.IntRange(1),
+              help="Evaluations without a new best validation score before stopping.")
 @click.option("--learning-rate", default=5e-5, show_default=True, type=float)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
@@ -301,20 +307,25 @@ def _data_options(function):
 @click.option("--problem", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT_DIR holds a run.")
 def finetune(model, out_dir, train_data, validation_data, text_column, text_pair_column, label_column, epochs,
-             learning_rate, batch_size, max_length, seed, recipe, min_keep_ratio, power, problem, overwrite):
+             max_steps, patience, learning_rate, batch_size, max_length, seed, recipe, min_keep_ratio, power, problem, overwrite):
     """Fine-tune MODEL with ACC elimination active; running it again resumes an interrupted run."""
     from latexport.training.data import Columns
     from latexport.training.finetune import FinetuneSettings
     from latexport.training.finetune import finetune as run_finetune
 
     settings = FinetuneSettings(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length, seed=seed,
-        recipe=recipe, min_keep_ratio=min_keep_ratio, power=power, problem=problem,
+        epochs=epochs, max_steps=max_steps, patience=patience, learning_rate=learning_rate, batch_size=batch_size,
+        max_length=max_length, seed=seed, recipe=recipe, min_keep_ratio=min_keep_ratio, power=power, problem=problem,
     )
     result = run_finetune(model, out_dir, train_data, validation_data, Columns(text_column, text_pair_column, label_column),
                           settings, overwrite=overwrite)
     scores = ", ".join(f"{ratio}: {value:.4f}" for ratio, value in result.validation.items())
     click.echo(f"wrote {out_dir} after {result.steps} steps in {result.seconds:.0f} s; validation by keep_ratio {{{scores}}}")
+    stopping = result.stopping
+    click.echo(f"stopped: {stopping['reason']}; kept the {stopping['kept']} weights (best validation score "
+               f"{stopping['best_score']:.4f} at step {stopping['best_step']})")
+    if result.still_rising:
+        click.echo("warning: the validation score was still rising when training stopped", err=True)
 
 
 @main.command(name="finetune-lm")

@@ -97,9 +97,12 @@ def test_integer_and_regression_labels(checkpoints, tmp_path):
     assert config["problem_type"] == "regression"
 
 
-def test_interrupted_run_resumes_to_the_same_weights(checkpoints, data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("length", ["epochs", "until-stopped"])
+def test_interrupted_run_resumes_to_the_same_weights(checkpoints, data, tmp_path, monkeypatch, length):
+    """Resuming restores the optimizer, schedule and random states, and, when training runs until the
+    validation score stops improving, the validation history and the best weights so far."""
     base = str(checkpoints[("bert", "feature-extraction")])
-    settings = FinetuneSettings(**SMALL)
+    settings = FinetuneSettings(**SMALL) if length == "epochs" else FinetuneSettings(**{**SMALL, "epochs": None, "max_steps": 24})
     uninterrupted = finetune(base, tmp_path / "a", data["train"], data["validation"], settings=settings, progress=False)
 
     original_step = torch.optim.AdamW.step
@@ -220,3 +223,69 @@ def test_the_plain_recipe_never_trains_with_dropping(checkpoints, tmp_path, monk
     else:
         # per step: the full pass, the smallest ratio, and one sampled ratio (SMALL)
         assert len(ratios) == 3 * result.steps and ratios.count(smallest) == result.steps
+
+
+def test_the_step_budget_gives_small_data_more_epochs():
+    from latexport.training.finetune import MAX_EPOCHS, MIN_EPOCHS, step_budget
+
+    assert step_budget(1000, 32) == MAX_EPOCHS * 32
+    assert step_budget(2000, 32) == 15 * 63
+    assert step_budget(10_000, 32) == MIN_EPOCHS * 313
+    assert step_budget(100_000, 32) == MIN_EPOCHS * 3125
+
+
+def scripted_scores(monkeypatch, scores):
+    """Make the validation score follow ``scores``, and remember the weights each evaluation saw."""
+    seen = []
+
+    def score(self):
+        seen.append({name: tensor.clone() for name, tensor in self.model.state_dict().items()})
+        return scores[len(seen) - 1]
+
+    monkeypatch.setattr(Trainer, "validation_score", score)
+    return seen
+
+
+def test_training_stops_when_the_score_stops_improving_and_keeps_the_best(checkpoints, data, tmp_path, monkeypatch):
+    seen = scripted_scores(monkeypatch, [0.5, 0.9, 0.7, 0.8, 0.6, 0.99, 0.99])
+    settings = FinetuneSettings(**{**SMALL, "epochs": None, "max_steps": 60, "patience": 3})
+    result = finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / "o", data["train"], data["validation"],
+                      settings=settings, progress=False)
+    # 6 steps an epoch, one evaluation an epoch: the best (0.9) at step 12, then three without a new best
+    assert result.steps == 30 and len(seen) == 5
+    record = json.loads((tmp_path / "o" / "latexport_finetune.json").read_text())
+    assert record["completed"] and record["stopping"] == result.stopping
+    assert result.stopping["best_step"] == 12 and result.stopping["kept"] == "best" and not result.still_rising
+    assert "stopped improving" in result.stopping["reason"]
+    assert [entry["score"] for entry in result.stopping["history"]] == [0.5, 0.9, 0.7, 0.8, 0.6]
+    saved = load_file(str(tmp_path / "o" / "model.safetensors"))
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, seen[1][name], atol=0, rtol=0)
+    assert any(not torch.equal(saved[name], seen[-1][name]) for name in saved)  # not the last weights
+
+
+@pytest.mark.parametrize("fixed_epochs", [None, 3])
+def test_a_run_that_ends_while_the_score_rises_says_so(checkpoints, data, tmp_path, monkeypatch, fixed_epochs):
+    scripted_scores(monkeypatch, [0.1 * step for step in range(1, 10)])
+    settings = FinetuneSettings(**{**SMALL, "epochs": fixed_epochs, "max_steps": 18})
+    result = finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / "o", data["train"], data["validation"],
+                      settings=settings, progress=False)
+    assert result.steps == 18 and result.still_rising and result.stopping["best_step"] == 18
+    assert "still rising" in result.stopping["reason"]
+    record = json.loads((tmp_path / "o" / "latexport_finetune.json").read_text())
+    assert record["stopping"]["still_rising"]
+
+
+def test_the_finetune_command_reports_why_it_stopped(checkpoints, data, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from latexport.cli import main
+
+    scripted_scores(monkeypatch, [0.1 * step for step in range(1, 10)])
+    arguments = ["finetune", str(checkpoints[("bert", "feature-extraction")]), "-o", str(tmp_path / "o"),
+                 "--train", data["train"], "--validation", data["validation"], "--max-steps", "12",
+                 "--batch-size", "16", "--max-length", "32"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "stopped: the step budget of 12 steps ran out" in result.output
+    assert "still rising" in result.output and "--max-steps 24" in result.output

@@ -12,10 +12,18 @@ One model then serves the whole keep_ratio range, which is what lets the
 speed be chosen afterwards without training ("offline tuning").  The "plain"
 recipe (step 1 only) is the ablation baseline.
 
+How long to train: unless ``epochs`` is given, training runs until the
+validation score stops improving (``patience`` evaluations without a new best),
+within a step budget scaled to the data (``step_budget``: many epochs for a
+small set, few for a large one), and the best evaluated weights are kept.  A
+fixed epoch count does not fit small data with many classes: it stops while the
+model is still learning.  Either way the run records its validation history,
+and says so when it ended while the score was still rising.
+
 Checkpoints are ordinary Hugging Face directories, written atomically every
 ``save_every`` steps and at each epoch's end, with the optimizer, scheduler
-and random states beside the weights until training completes; running the
-same command again resumes where it stopped.
+and random states (and the best weights so far) beside the weights until
+training completes; running the same command again resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -63,7 +71,9 @@ class TrainingError(LatexportError):
 
 @dataclass
 class FinetuneSettings:
-    epochs: int = 3
+    epochs: Optional[int] = None  # None: until the validation score stops improving, within max_steps
+    max_steps: Optional[int] = None  # None: ``step_budget`` for the data's size
+    patience: int = 3  # evaluations without a new best before stopping (when epochs is None)
     learning_rate: float = 5e-5
     batch_size: int = 32
     max_length: int = 128
@@ -84,7 +94,9 @@ class FinetuneSettings:
             (self.recipe in RECIPES, f"recipe must be one of {RECIPES}, got {self.recipe!r}"),
             (0.0 < self.min_keep_ratio <= 1.0, f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}"),
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), f"learning_rate must be positive, got {self.learning_rate}"),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be at least 1"),
+            (self.epochs is None or self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
+            (self.batch_size >= 1 and self.patience >= 1, "batch_size and patience must be at least 1"),
             (self.max_length >= 8, f"max_length must be at least 8, got {self.max_length}"),
             (self.sampled_ratios >= 0 and self.save_every >= 1, "sampled_ratios must be >= 0 and save_every >= 1"),
             (self.power is None or 0.25 <= self.power <= 4.0, f"power must be in [0.25, 4], got {self.power}"),
@@ -107,6 +119,23 @@ class FinetuneSettings:
 
 
 SHORT_TEXT_POWER, LONG_TEXT_POWER, LONG_TEXT_TOKENS = 1.5, 1.0, 128
+
+# The step budget: about BUDGET_EXAMPLES examples seen, and between MIN_EPOCHS and MAX_EPOCHS passes.
+BUDGET_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 30_000, 3, 20
+# Evaluate once an epoch, but at least this often on large sets, so that stopping can act within an epoch.
+MOST_STEPS_BETWEEN_EVALUATIONS = 250
+# What "the validation score" is for each recipe: LAT is scored over the range it serves.
+MONITORED_RATIOS = {"lat": (1.0, 0.5, 0.25, 0.1), "plain": (1.0,)}
+
+
+def step_budget(examples: int, batch_size: int) -> int:
+    """The most steps a run with no fixed epoch count may take.
+
+    Small sets need many passes (1,000 examples: 20 epochs) and large ones few
+    (10,000: 3); early stopping usually ends the run well before the budget.
+    """
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(BUDGET_EXAMPLES / max(examples, 1))))
+    return epochs * math.ceil(examples / batch_size)
 
 
 def auto_power(token_lengths: list[int]) -> float:
@@ -161,6 +190,11 @@ class FinetuneResult:
     steps: int
     seconds: float
     validation: dict = field(default_factory=dict)
+    stopping: dict = field(default_factory=dict)  # why training ended, the best step and the validation history
+
+    @property
+    def still_rising(self) -> bool:
+        return bool(self.stopping.get("still_rising"))
 
 
 def encode(tokenizer, examples: Examples, targets: list, max_length: int) -> EncodedData:
@@ -204,8 +238,12 @@ class Trainer:
         self.model_source = model_source
 
         steps_per_epoch = math.ceil(len(self.train_data) / settings.batch_size)
-        self.total_steps = steps_per_epoch * settings.epochs
         self.steps_per_epoch = steps_per_epoch
+        if settings.epochs is not None:
+            self.total_steps = steps_per_epoch * settings.epochs
+        else:
+            self.total_steps = settings.max_steps or step_budget(len(self.train_data), settings.batch_size)
+        self.eval_every = min(steps_per_epoch, MOST_STEPS_BETWEEN_EVALUATIONS)
         self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=settings.learning_rate)
         from transformers import get_linear_schedule_with_warmup
 
@@ -213,6 +251,8 @@ class Trainer:
             self.optimizer, int(settings.warmup_ratio * self.total_steps), self.total_steps
         )
         self.step = 0
+        self.history: list[dict] = []  # {"step", "score"} at each evaluation
+        self.best: Optional[dict] = None  # {"step", "score", "weights"} of the best evaluation so far
         self.ratio_generator = torch.Generator().manual_seed(settings.seed + 1)
         if resume_dir:
             self._load_state(resume_dir)
@@ -318,7 +358,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc=f"finetune ({self.settings.recipe})")
         smoothed = None
         batches, batches_epoch = None, None
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.patience_ran_out():
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             if batches_epoch != epoch:
                 batches, batches_epoch = self.epoch_batches(epoch), epoch
@@ -337,15 +377,78 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{smoothed:.4f}", epoch=epoch + 1)
+            if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                self.record_evaluation()
+            postfix = {"loss": f"{smoothed:.4f}", "epoch": epoch + 1}
+            if self.best is not None:
+                postfix["best"] = f"{self.best['score']:.4f}@{self.best['step']}"
+            bar.set_postfix(postfix)
             bar.update(1)
             if self.step % self.steps_per_epoch == 0 or self.step % self.settings.save_every == 0:
-                if self.step < self.total_steps:
+                if self.step < self.total_steps and not self.patience_ran_out():
                     self.save(completed=False)
         bar.close()
+        stopping = self.stopping_record()
+        if self.keeps_best and self.best is not None:
+            self.model.load_state_dict(self.best["weights"])
+        if stopping["still_rising"]:
+            log.warning("%s: %s", self.out_dir, stopping["reason"])
         validation = self.evaluate(self.validation_data)
-        self.save(completed=True, validation=validation)
-        return FinetuneResult(self.out_dir, self.step, time.perf_counter() - start, validation)
+        self.save(completed=True, validation=validation, stopping=stopping)
+        return FinetuneResult(self.out_dir, self.step, time.perf_counter() - start, validation, stopping)
+
+    # --- how long to train ----------------------------------------------------
+    @property
+    def keeps_best(self) -> bool:
+        """Without a fixed epoch count, training stops on the validation score and keeps its best weights."""
+        return self.settings.epochs is None
+
+    def validation_score(self) -> float:
+        """The mean validation metric over the ratios this recipe serves (``MONITORED_RATIOS``)."""
+        results = self.evaluate(self.validation_data, MONITORED_RATIOS[self.settings.recipe])
+        return float(np.mean(list(results.values())))
+
+    def record_evaluation(self) -> None:
+        score = self.validation_score()
+        if not math.isfinite(score):
+            score = -math.inf  # a constant prediction has no Pearson correlation: never the best
+        self.history.append({"step": self.step, "score": score})
+        if self.best is None or score > self.best["score"]:
+            weights = {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+            self.best = {"step": self.step, "score": score, "weights": weights}
+
+    def evaluations_since_best(self) -> int:
+        if self.best is None:
+            return 0
+        return sum(1 for entry in self.history if entry["step"] > self.best["step"])
+
+    def patience_ran_out(self) -> bool:
+        return self.keeps_best and self.evaluations_since_best() >= self.settings.patience
+
+    def stopping_record(self) -> dict:
+        """Why training ended, for the output and the checkpoint's record."""
+        rising = bool(self.history) and self.evaluations_since_best() == 0 and len(self.history) > 1
+        if self.patience_ran_out():
+            reason = f"the validation score stopped improving ({self.settings.patience} evaluations without a new best)"
+            rising = False
+        elif self.settings.epochs is not None:
+            reason = f"{self.settings.epochs} epochs, as asked"
+            if rising:
+                reason += "; the validation score was still rising at the end: more epochs may help"
+        else:
+            reason = f"the step budget of {self.total_steps} steps ran out"
+            if rising:
+                reason += f"; the validation score was still rising at the end: --max-steps {2 * self.total_steps} may help"
+        best = self.best or {"step": self.step, "score": None}
+        return {
+            "reason": reason,
+            "still_rising": rising,
+            "kept": "best" if self.keeps_best else "last",
+            "best_step": best["step"],
+            "best_score": best["score"],
+            "monitored_ratios": list(MONITORED_RATIOS[self.settings.recipe]),
+            "history": self.history,
+        }
 
     # --- evaluation (PyTorch; ONNX evaluation is `latexport evaluate`) -------
     @torch.no_grad()
@@ -368,7 +471,7 @@ class Trainer:
         return results
 
     # --- checkpoints ---------------------------------------------------------
-    def save(self, completed: bool, validation: Optional[dict] = None) -> None:
+    def save(self, completed: bool, validation: Optional[dict] = None, stopping: Optional[dict] = None) -> None:
         with atomic_directory(self.out_dir, overwrite=True) as scratch:
             self.model.save_pretrained(scratch)
             self.tokenizer.save_pretrained(scratch)
@@ -385,6 +488,8 @@ class Trainer:
             }
             if validation is not None:
                 record["validation"] = validation
+            if stopping is not None:
+                record["stopping"] = stopping
             (scratch / SETTINGS_FILE).write_text(json.dumps(record, indent=2))
             if not completed:
                 torch.save(
@@ -394,6 +499,8 @@ class Trainer:
                         "step": self.step,
                         "torch_rng": torch.get_rng_state(),
                         "ratio_rng": self.ratio_generator.get_state(),
+                        "history": self.history,
+                        "best": self.best,
                     },
                     scratch / STATE_FILE,
                 )
@@ -405,6 +512,7 @@ class Trainer:
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
         self.ratio_generator.set_state(state["ratio_rng"])
+        self.history, self.best = state["history"], state["best"]
         log.warning("resuming %s at step %d of %d", directory, self.step, self.total_steps)
 
 
