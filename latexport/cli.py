@@ -413,10 +413,11 @@ def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop,
     click.echo(evaluation.render(result.evaluation))
     row = result.evaluation.row(result.keep_ratio)
     click.echo(
-        f"chose keep_ratio {result.keep_ratio:g} ({result.constraint}): {result.evaluation.metric} "
-        f"{row.metrics[result.evaluation.metric]:.4f}, measured speedup {row.speedup:.2f}x; "
-        f"recorded as the default in {Path(model_dir) / 'model.onnx'}"
+        f"chose keep_ratio {result.keep_ratio:g} ({result.constraint}): {evaluation.describe(result.evaluation, row)}, "
+        f"measured speedup {row.speedup:.2f}x; recorded as the default in {Path(model_dir) / 'model.onnx'}"
     )
+    if result.note:
+        click.echo(f"note: {result.note}")
 
 
 def _shorten(text: str, width: int = 60) -> str:

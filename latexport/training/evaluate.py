@@ -4,6 +4,11 @@ ONNX file on labelled data, and choosing its default keep_ratio from that curve.
 Evaluation runs the exported file through the runtime session, exactly as an
 application would.  Every batch is run at every ratio, in a shuffled order,
 so the latencies of all ratios are measured side by side in one run.
+
+Validation sets are often a few hundred examples, where one point of accuracy
+is a handful of predictions; so every metric comes with a percentile bootstrap
+95% interval, and every drop with a paired one (the same resampled examples at
+both ratios), and ``tune --max-drop`` holds the drop's interval to the budget.
 """
 
 from __future__ import annotations
@@ -31,14 +36,27 @@ from latexport.training.data import (
 
 EVALUATION_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 TUNING_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02)
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+# Drops are differences of means, so one of exactly max_drop can come out a hair above it.
+_ROUNDING = 1e-9
 
 
 @dataclass
 class RatioResult:
+    """One ratio's point of the curve.
+
+    ``interval``: 95% bootstrap interval of the evaluation's metric.  ``drop_interval``:
+    95% interval of the full model's metric minus this ratio's, paired (both on
+    the same resampled examples), so (0, 0) at keep_ratio 1.
+    """
+
     keep_ratio: float
     metrics: dict
     seconds: float
     median_batch_ms: float
+    interval: tuple[float, float]
+    drop_interval: tuple[float, float]
     speedup: float = 1.0
     estimated_speedup: float = 1.0
 
@@ -104,16 +122,25 @@ def evaluate(
         model_dir=str(model_dir), data=str(data), examples=len(examples), batch_size=batch_size,
         metric="pearson" if regression else "accuracy",
     )
+    predictions = {ratio: np.concatenate(outputs[ratio]) for ratio in ratios}
+    indices = bootstrap_indices(len(examples))
+    resampled = {
+        ratio: resampled_pearson(scores[:, 0], targets, indices) if regression
+        else resampled_accuracy(scores.argmax(axis=1) == targets, indices)
+        for ratio, scores in predictions.items()
+    }
+    intervals = intervals_against_full(resampled)
     full_seconds = sum(times[1.0])
     for ratio in ratios:
-        predictions = np.concatenate(outputs[ratio])
         seconds = sum(times[ratio])
         evaluation.rows.append(
             RatioResult(
                 keep_ratio=ratio,
-                metrics=_metrics(predictions, targets, regression),
+                metrics=_metrics(predictions[ratio], targets, regression),
                 seconds=seconds,
                 median_batch_ms=float(np.median(times[ratio])) * 1000,
+                interval=intervals[ratio][0],
+                drop_interval=intervals[ratio][1],
                 speedup=full_seconds / seconds,
                 estimated_speedup=estimated_speedup(session.metadata.flops, session.metadata.profile, typical_length, ratio),
             )
@@ -137,19 +164,75 @@ def _metrics(predictions: np.ndarray, targets: np.ndarray, regression: bool) -> 
     return {"accuracy": float(np.mean(predicted == targets)), "macro_f1": float(np.mean(f1s))}
 
 
+# --- bootstrap intervals --------------------------------------------------------
+def bootstrap_indices(examples: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """``resamples`` rows of ``examples`` indices drawn with replacement, seeded so that
+    reruns report the same intervals; reusing one matrix for every ratio pairs them."""
+    return np.random.default_rng(seed).integers(0, examples, size=(resamples, examples), dtype=np.int32)
+
+
+def resampled_accuracy(correct: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Accuracy on each resample, from the per-example correctness vector."""
+    return np.asarray(correct, dtype=bool)[indices].mean(axis=1)
+
+
+def resampled_pearson(values: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Pearson correlation on each resample (0 where either side is constant, as in the point metric)."""
+    x = np.asarray(values, dtype=np.float64)[indices]
+    y = np.asarray(targets, dtype=np.float64)[indices]
+    x -= x.mean(axis=1, keepdims=True)
+    y -= y.mean(axis=1, keepdims=True)
+    covariance = (x * y).sum(axis=1)
+    scale = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    low, high = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def intervals_against_full(resampled: dict[float, np.ndarray]) -> dict[float, tuple[tuple[float, float], tuple[float, float]]]:
+    """Each ratio's (metric interval, drop interval), from its metric on the same
+    resamples as keep_ratio 1's: the drop is taken resample by resample, which is
+    what makes it narrow when the two ratios mostly predict alike."""
+    full = resampled[1.0]
+    return {ratio: (percentile_interval(values), percentile_interval(full - values)) for ratio, values in resampled.items()}
+
+
+def _with_interval(value: float, interval: tuple[float, float], scale: float = 1.0, digits: int = 4) -> str:
+    low, high = interval
+    return f"{scale * value:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def describe(evaluation: Evaluation, row: RatioResult) -> str:
+    """One ratio's metric and drop, with their intervals, for a sentence."""
+    drop = evaluation.full.metrics[evaluation.metric] - row.metrics[evaluation.metric]
+    return (
+        f"{evaluation.metric} {_with_interval(row.metrics[evaluation.metric], row.interval)}, "
+        f"drop {_with_interval(drop, row.drop_interval, scale=100, digits=2)} points"
+    )
+
+
 def render(evaluation: Evaluation) -> str:
     metric = evaluation.metric
     lines = [
         f"{evaluation.model_dir} on {evaluation.data}: {evaluation.examples} examples, batches of {evaluation.batch_size}",
-        f"{'keep_ratio':>10} {metric:>9} {'drop':>7} {'speedup':>8} {'estimate':>9} {'batch ms':>9}",
+        f"{'keep_ratio':>10}  {metric + ' [95% interval]':<24} {'drop, points [95%]':<21} "
+        f"{'speedup':>8} {'estimate':>9} {'batch ms':>9}",
     ]
     full = evaluation.full.metrics[metric]
     for row in evaluation.rows:
         value = row.metrics[metric]
         lines.append(
-            f"{row.keep_ratio:>10g} {value:>9.4f} {100 * (full - value):>6.2f}p {row.speedup:>7.2f}x "
-            f"{row.estimated_speedup:>8.2f}x {row.median_batch_ms:>9.2f}"
+            f"{row.keep_ratio:>10g}  {_with_interval(value, row.interval):<24} "
+            f"{_with_interval(full - value, row.drop_interval, scale=100, digits=2):<21} "
+            f"{row.speedup:>7.2f}x {row.estimated_speedup:>8.2f}x {row.median_batch_ms:>9.2f}"
         )
+    lines.append(
+        f"intervals: percentile bootstrap over {BOOTSTRAP_RESAMPLES} resamples of the examples; "
+        "each drop's is paired, on the same resamples as keep_ratio 1"
+    )
     return "\n".join(lines)
 
 
@@ -182,14 +265,20 @@ class TuneResult:
     keep_ratio: float
     constraint: str
     evaluation: Evaluation
+    note: Optional[str] = None
 
 
-def choose_ratio(evaluation: Evaluation, max_drop: Optional[float] = None, target_speedup: Optional[float] = None) -> tuple[float, str]:
-    """The ratio that meets the constraint.
+def choose_ratio(
+    evaluation: Evaluation, max_drop: Optional[float] = None, target_speedup: Optional[float] = None
+) -> tuple[float, str, Optional[str]]:
+    """The ratio that meets the constraint, the constraint in words, and a note (or None).
 
-    ``max_drop``: the fastest ratio whose metric is within ``max_drop`` (absolute,
-    0.01 = one point) of the full model's.  ``target_speedup``: the most accurate
-    ratio whose measured speedup reaches the target.
+    ``max_drop``: the fastest ratio whose drop interval's upper bound is within
+    ``max_drop`` (absolute, 0.01 = one point) of the full model's metric, so that
+    the data, not the luck of a small sample, supports the budget; keep_ratio 1
+    always qualifies.  The note says when a faster ratio met the budget only by
+    its point estimate.  ``target_speedup``: the most accurate ratio whose
+    measured speedup reaches the target.
     """
     if (max_drop is None) == (target_speedup is None):
         raise LatexportError("give exactly one of max_drop or target_speedup")
@@ -200,9 +289,16 @@ def choose_ratio(evaluation: Evaluation, max_drop: Optional[float] = None, targe
     metric = evaluation.metric
     full = evaluation.full.metrics[metric]
     if max_drop is not None:
-        good = [row for row in evaluation.rows if row.metrics[metric] >= full - max_drop]
-        best = max(good, key=lambda row: (row.speedup, row.keep_ratio))
-        return best.keep_ratio, f"{metric} within {max_drop:g} of the full model's {full:.4f}"
+        best = _fastest(
+            row for row in evaluation.rows if row.keep_ratio == 1.0 or row.drop_interval[1] <= max_drop + _ROUNDING
+        )
+        by_point = _fastest(row for row in evaluation.rows if full - row.metrics[metric] <= max_drop + _ROUNDING)
+        constraint = (
+            f"upper bound of the 95% interval of the {metric} drop within {max_drop:g} "
+            f"of the full model's {full:.4f}, on {evaluation.examples} examples"
+        )
+        note = _examples_needed(evaluation, by_point, max_drop) if by_point.speedup > best.speedup else None
+        return best.keep_ratio, constraint, note
     fast = [row for row in evaluation.rows if row.speedup >= target_speedup]
     if not fast:
         top = max(evaluation.rows, key=lambda row: row.speedup)
@@ -211,7 +307,30 @@ def choose_ratio(evaluation: Evaluation, max_drop: Optional[float] = None, targe
             f"{top.speedup:.2f}x at keep_ratio {top.keep_ratio:g}"
         )
     best = max(fast, key=lambda row: (row.metrics[metric], row.keep_ratio))
-    return best.keep_ratio, f"measured speedup of at least {target_speedup:g}x"
+    return best.keep_ratio, f"measured speedup of at least {target_speedup:g}x", None
+
+
+def _fastest(rows) -> RatioResult:
+    return max(rows, key=lambda row: (row.speedup, row.keep_ratio))
+
+
+def _examples_needed(evaluation: Evaluation, row: RatioResult, max_drop: float) -> str:
+    """Why ``row``, within the budget by its point estimate, was passed over, and roughly
+    how many examples would let its interval fit: the interval's upper arm shrinks
+    like 1/sqrt(n), so n_needed = n * (upper arm / room left under the budget)^2."""
+    drop = evaluation.full.metrics[evaluation.metric] - row.metrics[evaluation.metric]
+    upper_arm = row.drop_interval[1] - drop
+    passed_over = (
+        f"keep_ratio {row.keep_ratio:g} ({row.speedup:.2f}x) is within the budget by its point estimate "
+        f"(drop {100 * drop:.2f} points) but its interval reaches {100 * row.drop_interval[1]:.2f} points"
+    )
+    if drop >= max_drop - _ROUNDING:
+        return f"{passed_over}; its drop equals the budget, so no number of examples would make the interval fit"
+    needed = round(evaluation.examples * (upper_arm / (max_drop - drop)) ** 2)
+    return (
+        f"{passed_over}; about {needed} validation examples (now {evaluation.examples}) would narrow it enough, "
+        "an estimate that assumes the drop stays the same"
+    )
 
 
 def tune(
@@ -228,19 +347,27 @@ def tune(
     if (max_drop is None) == (target_speedup is None):
         raise LatexportError("give exactly one of --max-drop or --target-speedup")
     evaluation = evaluate(model_dir, data, columns, keep_ratios, batch_size, threads)
-    ratio, constraint = choose_ratio(evaluation, max_drop, target_speedup)
+    ratio, constraint, note = choose_ratio(evaluation, max_drop, target_speedup)
     record = {
         "constraint": constraint,
+        "note": note,
         "data": str(data),
+        "examples": evaluation.examples,
         "metric": evaluation.metric,
         "batch_size": batch_size,
         "curve": [
-            {"keep_ratio": row.keep_ratio, evaluation.metric: row.metrics[evaluation.metric], "speedup": row.speedup}
+            {
+                "keep_ratio": row.keep_ratio,
+                evaluation.metric: row.metrics[evaluation.metric],
+                "interval": list(row.interval),
+                "drop_interval": list(row.drop_interval),
+                "speedup": row.speedup,
+            }
             for row in evaluation.rows
         ],
     }
     write_metadata(Path(model_dir) / MODEL_FILE, {"default_keep_ratio": repr(float(ratio)), "tuning": json.dumps(record)})
-    return TuneResult(ratio, constraint, evaluation)
+    return TuneResult(ratio, constraint, evaluation, note)
 
 
 def write_metadata(model_path: Path, values: dict[str, str]) -> None:
