@@ -1,17 +1,33 @@
-"""Accuracy and measured CPU speed of LAT fine-tuning on real text, against plain fine-tuning.
+"""Accuracy at measured speed on real text: LAT against plain fine-tuning and the rivals a user has.
 
-    python examples/finetune_benchmark.py [--tasks rotten_tomatoes,trec,austen]
+    python examples/finetune_benchmark.py               # the whole matrix; resumes where it stopped
+    python examples/finetune_benchmark.py --quick       # TREC at 1,000 examples, one seed, with rivals
+    python examples/finetune_benchmark.py --tasks trec --sizes 1000 --seeds 0,1,2 --no-rivals
+    python examples/finetune_benchmark.py --list        # the cells, and which are done
 
-For each task (fixed splits, see latexport/training/corpora.py) and the real
-all-MiniLM-L6-v2 weights, through the same commands a user runs:
+The matrix is tasks x training-set sizes x seeds x variants, from the real
+all-MiniLM-L6-v2 weights, through the same functions as the commands a user
+runs, with their defaults (nothing here is tuned per task):
 
-1. ``finetune --recipe plain``: ordinary fine-tuning, the reference accuracy;
-2. ``finetune --recipe lat``: fine-tuning with elimination active;
-3. ``convert`` both, ``tune`` the LAT model on the validation split
-   (``--max-drop 0.01``), then ``evaluate`` both on the held-out test split at
-   every ratio, measuring accuracy and latency in ONNX Runtime.
+* ``plain``: ``finetune --recipe plain``, the reference accuracy ("plain full"
+  is its accuracy at keep_ratio 1), also evaluated with dropping (the ablation);
+* ``lat``: ``finetune`` (the LAT recipe), ``convert``, ``tune --max-drop 0.01``
+  on the validation split, then ``evaluate`` on the held-out test split;
+* ``int8``: both of those converted with ``--quantize dynamic``;
+* the rivals, at seed 0: ``truncate-L`` (plain fine-tuning with a smaller
+  ``max_length``: the input cut to L tokens) and ``layers-K`` (plain
+  fine-tuning of the model with its top layers removed).
 
-Writes graphs/finetune-{task}.png and .json, and prints the tables and timings.
+Training sets of a given size are drawn from the training split
+(``corpora.subsampled``, seed 0); validation and test are the corpus's own.
+Speed: ``evaluate`` measures every ratio of one file side by side; across files
+(the rivals), every ONNX file of a (task, size, seed 0) group is timed
+interleaved in one run on the same test batches (``timing`` below).
+
+Each finished cell is written at once to ``graphs/finetune-matrix/``, so a
+stopped run resumes where it stopped (the checkpoints live in the latexport
+cache; the results in ``graphs/``).  ``--report`` rebuilds the tables and the
+plots (``graphs/finetune-{task}-n{size}.png``) from whatever is done.
 """
 
 from __future__ import annotations
@@ -20,154 +36,370 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from latexport.assets import MINILM, cache_dir, fetch
 from latexport.export import convert
-from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
-from latexport.training.corpora import splits
-from latexport.training.evaluate import evaluate, render, tune
+from latexport.runtime.atomic import atomic_directory, save_figure_atomic, write_text_atomic
+from latexport.runtime.session import LatencyAdjustableSession
+from latexport.runtime.timing import interleaved
+from latexport.training.corpora import splits, subsampled
+from latexport.training.data import read_examples
+from latexport.training.evaluate import evaluate, render, tune, write_metadata
 from latexport.training.finetune import FinetuneSettings, finetune
 
-TUNE_RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03)
-GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03)
+RESULTS = Path(__file__).resolve().parent.parent / "graphs" / "finetune-matrix"
+GRAPHS = RESULTS.parent
+RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03)
+TUNE_RATIOS = RATIOS
+MAX_DROP = 0.01
+SUBSAMPLE_SEED = 0
+TIMED_BATCHES, TIMING_ROUNDS = 12, 5
 
 
-@dataclass
+@dataclass(frozen=True)
 class Task:
-    name: str
+    corpus: str
     kind: str
     max_length: int
     train_batch: int
     eval_batch: int
-    epochs: int
-    train_limit: int = 0  # 0: the whole training split
-
-    def settings(self, recipe: str) -> FinetuneSettings:
-        """The defaults of `latexport finetune`, but for the sizes each task needs."""
-        return FinetuneSettings(
-            recipe=recipe, epochs=self.epochs, batch_size=self.train_batch, max_length=self.max_length, seed=13
-        )
+    sizes: tuple[int, ...]  # training examples; 0: the whole training split
+    truncations: tuple[int, ...] = ()  # max_length of each truncation rival
+    layer_counts: tuple[int, ...] = ()  # layers kept by each fewer-layers rival
 
 
 TASKS = {
-    "rotten_tomatoes": Task("rotten_tomatoes", "short texts: movie-review sentiment", 64, 32, 32, 2),
-    "trec": Task("trec", "short texts: question classification", 48, 32, 32, 3),
-    "austen": Task("austen", "long texts: which Austen novel a 200-word passage is from", 256, 16, 8, 2,
-                   train_limit=1200),
+    "rotten_tomatoes": Task("rotten_tomatoes", "short texts: movie-review sentiment", 64, 32, 32, (2000, 1000),
+                            truncations=(16, 24), layer_counts=(3, 4)),
+    "trec": Task("trec", "short texts: question classification", 48, 32, 32, (1000, 2000),
+                 truncations=(8, 12), layer_counts=(3, 4)),
+    "austen": Task("austen", "256-token passages: which Austen novel", 256, 16, 8, (1200,),
+                   truncations=(64, 128), layer_counts=(2, 3, 4)),
+    "austen_512": Task("austen_512", "512-token passages: which Austen novel", 512, 16, 8, (0,),
+                       truncations=(128, 256), layer_counts=(2, 3, 4)),
+    "trec_fine": Task("trec_fine", "many classes, short: 50 fine TREC labels", 48, 32, 32, (0,)),
+    "austen_volumes": Task("austen_volumes", "many classes, long: novel and volume of a 512-token passage", 512, 16, 8, (0,)),
 }
+QUICK = {"tasks": ("trec",), "sizes": (1000,), "seeds": (0,)}
 
 
-def limited(path: Path, count: int, folder: Path) -> str:
-    if not count:
-        return str(path)
-    lines = path.read_text().splitlines(keepends=True)[:count]
-    target = folder / f"{path.stem}-first{count}.jsonl"
-    write_text_atomic(target, "".join(lines))
-    return str(target)
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    size: int
+    seed: int
+    variant: str  # plain, lat, truncate-L, layers-K
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-n{self.size or 'all'}-s{self.seed}-{self.variant}"
+
+    @property
+    def result_path(self) -> Path:
+        return RESULTS / f"{self.name}.json"
+
+    @property
+    def work(self) -> Path:
+        return cache_dir() / "finetune-matrix" / self.name
+
+    def done(self) -> bool:
+        return self.result_path.exists()
 
 
-def run_task(task: Task, work: Path) -> dict:
-    files = splits(task.name)
+def cells(tasks, sizes: Optional[tuple[int, ...]], seeds, rivals: bool) -> list[Cell]:
+    """Most informative first: plain and LAT at seed 0 everywhere, then more seeds, then the rivals."""
+    chosen = []
+    for seed in seeds:
+        for name in tasks:
+            task = TASKS[name]
+            for size in sizes or task.sizes:
+                chosen += [Cell(name, size, seed, "plain"), Cell(name, size, seed, "lat")]
+    if rivals:
+        for name in tasks:
+            task = TASKS[name]
+            for size in sizes or task.sizes:
+                chosen += [Cell(name, size, seeds[0], f"truncate-{length}") for length in task.truncations]
+                chosen += [Cell(name, size, seeds[0], f"layers-{count}") for count in task.layer_counts]
+    return chosen
+
+
+def data_files(cell: Cell) -> dict[str, Path]:
+    return subsampled(TASKS[cell.task].corpus, cell.size, SUBSAMPLE_SEED) if cell.size else splits(TASKS[cell.task].corpus)
+
+
+def fewer_layers_base(count: int) -> Path:
+    """MiniLM with only its lowest ``count`` layers, saved as a checkpoint to fine-tune from."""
+    target = cache_dir() / "finetune-matrix" / f"minilm-{count}-layers"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModel, AutoTokenizer
+
     base = str(fetch(MINILM))
-    work.mkdir(parents=True, exist_ok=True)
-    train = limited(files["train"], task.train_limit, work)
-    timings, evaluations = {}, {}
-    for recipe in ("plain", "lat"):
-        start = time.perf_counter()
-        settings = task.settings(recipe)
-        checkpoint = work / f"{recipe}-checkpoint-{Path(train).stem}"  # a finished run is reused only for the same data
-        record_path = checkpoint / "latexport_finetune.json"
-        record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        recorded = replace(settings, power=record.get("power", settings.power))  # the record holds the resolved power
-        if not (record.get("completed") and record.get("fingerprint") == recorded.fingerprint()):
-            finetune(base, checkpoint, train, str(files["validation"]), settings=settings, overwrite=True)
-        timings[f"finetune {recipe}"] = time.perf_counter() - start
-        start = time.perf_counter()
-        model_dir = work / f"{recipe}-onnx"
-        convert(str(checkpoint), model_dir, overwrite=True)
-        timings[f"convert {recipe}"] = time.perf_counter() - start
-        if recipe == "lat":
-            start = time.perf_counter()
-            tuned = tune(model_dir, str(files["validation"]), max_drop=0.01, batch_size=task.eval_batch, keep_ratios=TUNE_RATIOS)
-            timings["tune lat"] = time.perf_counter() - start
-        start = time.perf_counter()
-        evaluations[recipe] = evaluate(model_dir, str(files["test"]), keep_ratios=RATIOS, batch_size=task.eval_batch)
-        timings[f"evaluate {recipe}"] = time.perf_counter() - start
-    plain_full = evaluations["plain"].full.metrics["accuracy"]
-    summary = {
-        "task": task.name,
-        "kind": task.kind,
-        "plain_full_accuracy": plain_full,
-        "tuned_keep_ratio": tuned.keep_ratio,
-        "rows": [
-            {
-                "keep_ratio": row.keep_ratio,
-                "lat_accuracy": row.metrics["accuracy"],
-                "plain_accuracy": evaluations["plain"].row(row.keep_ratio).metrics["accuracy"],
-                "lat_drop_points": 100 * (plain_full - row.metrics["accuracy"]),
-                "measured_speedup": row.speedup,
-                "estimated_speedup": row.estimated_speedup,
-            }
-            for row in evaluations["lat"].rows
-        ],
-        "timings_seconds": timings,
-        "eval_batch": task.eval_batch,
-        "test_examples": evaluations["lat"].examples,
-    }
-    print(f"\n== {task.name} ({task.kind}) ==")
-    print("LAT fine-tuning, test split:\n" + render(evaluations["lat"]))
-    print(f"plain fine-tuning, full model: accuracy {plain_full:.4f}; LAT tuned on validation to keep_ratio {tuned.keep_ratio:g}")
-    print(f"{'keep_ratio':>10} {'plain+drop':>10} {'LAT':>8} {'LAT drop':>9} {'speedup':>8}")
-    for row in summary["rows"]:
-        print(f"{row['keep_ratio']:>10g} {row['plain_accuracy']:>10.4f} {row['lat_accuracy']:>8.4f} "
-              f"{row['lat_drop_points']:>8.2f}p {row['measured_speedup']:>7.2f}x")
-    print("timings: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    return summary
+    model = AutoModel.from_pretrained(base, num_hidden_layers=count)
+    with atomic_directory(target, overwrite=True) as scratch:
+        model.save_pretrained(scratch)
+        AutoTokenizer.from_pretrained(base).save_pretrained(scratch)
+    return target
 
 
-def plot(summary: dict, path: Path) -> None:
+def trained(cell: Cell, files: dict[str, Path]) -> Path:
+    """The fine-tuned checkpoint of this cell, training (or resuming) it unless a finished one is there."""
+    task = TASKS[cell.task]
+    recipe = "lat" if cell.variant == "lat" else "plain"
+    max_length = int(cell.variant.split("-")[1]) if cell.variant.startswith("truncate-") else task.max_length
+    base = str(fewer_layers_base(int(cell.variant.split("-")[1])) if cell.variant.startswith("layers-") else fetch(MINILM))
+    settings = FinetuneSettings(recipe=recipe, batch_size=task.train_batch, max_length=max_length, seed=cell.seed)
+    checkpoint = cell.work / "checkpoint"
+    record_path = checkpoint / "latexport_finetune.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if record.get("completed") and record.get("fingerprint") == replace(settings, power=record.get("power")).fingerprint():
+        return checkpoint
+    finetune(base, checkpoint, str(files["train"]), str(files["validation"]), settings=settings)
+    return checkpoint
+
+
+def evaluation_record(evaluation) -> dict:
+    record = json.loads(evaluation.to_json())
+    return {"examples": record["examples"], "batch_size": record["batch_size"], "rows": record["rows"]}
+
+
+def run_cell(cell: Cell) -> dict:
+    task = TASKS[cell.task]
+    files = data_files(cell)
+    started = time.perf_counter()
+    checkpoint = trained(cell, files)
+    record = json.loads((checkpoint / "latexport_finetune.json").read_text())
+    timings = {"finetune": time.perf_counter() - started}
+    result = {"cell": asdict(cell), "kind": task.kind, "train_examples": len(read_examples(str(files["train"])).texts),
+              "stopping": {k: v for k, v in record.get("stopping", {}).items() if k != "history"},
+              "history": record.get("stopping", {}).get("history", []), "power": record.get("power"),
+              "steps": record.get("step")}
+    variants = {"float32": {}, "int8": {"quantize": "dynamic"}} if cell.variant in ("plain", "lat") else {"float32": {}}
+    for precision, options in variants.items():
+        start = time.perf_counter()
+        model_dir = cell.work / f"onnx-{precision}"
+        convert(str(checkpoint), model_dir, overwrite=True, **options)
+        if cell.variant.startswith("truncate-"):  # the rival reads only what it was trained on
+            write_metadata(model_dir / "model.onnx", {"max_length": cell.variant.split("-")[1]})
+        if cell.variant == "lat" and precision == "float32":
+            tuned = tune(model_dir, str(files["validation"]), max_drop=MAX_DROP, batch_size=task.eval_batch,
+                         keep_ratios=TUNE_RATIOS)
+            result["tuned"] = {"keep_ratio": tuned.keep_ratio, "constraint": tuned.constraint,
+                               "note": getattr(tuned, "note", ""), "validation": evaluation_record(tuned.evaluation)}
+        ratios = RATIOS if cell.variant == "lat" or (cell.variant == "plain" and precision == "float32") else (1.0,)
+        evaluation = evaluate(model_dir, str(files["test"]), keep_ratios=ratios, batch_size=task.eval_batch)
+        result[precision] = evaluation_record(evaluation)
+        timings[f"convert and evaluate {precision}"] = time.perf_counter() - start
+        print(render(evaluation), flush=True)
+    result["timings_seconds"] = timings
+    return result
+
+
+# --- speed across files ---------------------------------------------------------
+def timing(task_name: str, size: int, seed: int) -> Optional[dict]:
+    """Every ONNX file of one (task, size, seed) timed interleaved on the same test batches.
+
+    Speedups are against plain fine-tuning's file at keep_ratio 1; each call runs
+    all ``TIMED_BATCHES`` batches, and the median of ``TIMING_ROUNDS`` rounds counts.
+    """
+    task = TASKS[task_name]
+    group = [cell for cell in cells((task_name,), (size,), (seed,), rivals=True) if cell.done()]
+    if not any(cell.variant == "plain" for cell in group):
+        return None
+    examples = read_examples(str(data_files(group[0])["test"]))
+    texts = [examples.texts[start:start + task.eval_batch] for start in range(0, len(examples.texts), task.eval_batch)]
+    texts = texts[:TIMED_BATCHES]
+    calls, labels = {}, {}
+    for cell in group:
+        for precision in ("float32", "int8"):
+            model_dir = cell.work / f"onnx-{precision}"
+            if not (model_dir / "model.onnx").exists():
+                continue
+            session = LatencyAdjustableSession(model_dir, intra_op_threads=2, truncation="silent")
+            feeds = [session.encode(batch) for batch in texts]
+            ratios = RATIOS if cell.variant == "lat" else (1.0,)
+            for ratio in ratios:
+                key = f"{cell.variant} {precision} {ratio:g}"
+                calls[key] = (lambda s=session, f=feeds, r=ratio: [s.run(feed, r) for feed in f])
+                labels[key] = {"variant": cell.variant, "precision": precision, "keep_ratio": ratio}
+    times = interleaved(calls, repeats=TIMING_ROUNDS, warmup=1)
+    medians = {key: float(np.median(values)) for key, values in times.items()}
+    reference = medians["plain float32 1"]
+    rows = [{**labels[key], "median_seconds": seconds, "speedup_over_plain": reference / seconds}
+            for key, seconds in medians.items()]
+    return {"task": task_name, "size": size, "seed": seed, "batches": len(texts), "batch_size": task.eval_batch,
+            "rounds": TIMING_ROUNDS, "rows": rows}
+
+
+def timing_path(task_name: str, size: int, seed: int) -> Path:
+    return RESULTS / f"{task_name}-n{size or 'all'}-s{seed}-timing.json"
+
+
+# --- report ------------------------------------------------------------------
+def load(cell: Cell) -> Optional[dict]:
+    return json.loads(cell.result_path.read_text()) if cell.done() else None
+
+
+def accuracy(rows: list[dict], ratio: float) -> Optional[dict]:
+    row = next((row for row in rows if row["keep_ratio"] == ratio), None)
+    return None if row is None else {"accuracy": row["metrics"]["accuracy"], "interval": row.get("interval"),
+                                     "speedup": row["speedup"]}
+
+
+def summarize(task_name: str, size: int, seeds) -> Optional[dict]:
+    """Per seed: plain full, LAT at 1.0, the ratio tune chose on validation and what it gives on test."""
+    per_seed = []
+    for seed in seeds:
+        plain, lat = load(Cell(task_name, size, seed, "plain")), load(Cell(task_name, size, seed, "lat"))
+        if not (plain and lat):
+            continue
+        plain_full = accuracy(plain["float32"]["rows"], 1.0)["accuracy"]
+        tuned_ratio = lat["tuned"]["keep_ratio"]
+        tuned = accuracy(lat["float32"]["rows"], tuned_ratio)
+        within = [row for row in lat["float32"]["rows"] if row["metrics"]["accuracy"] >= plain_full - MAX_DROP]
+        best = max(within, key=lambda row: row["speedup"]) if within else None
+        per_seed.append({
+            "seed": seed,
+            "plain_full": plain_full,
+            "lat_full": accuracy(lat["float32"]["rows"], 1.0)["accuracy"],
+            "tuned_keep_ratio": tuned_ratio,
+            "tuned_test_accuracy": tuned["accuracy"],
+            "tuned_test_drop_points": 100 * (plain_full - tuned["accuracy"]),
+            "tuned_test_speedup": tuned["speedup"],
+            "best_within_one_point": None if best is None else {"keep_ratio": best["keep_ratio"], "speedup": best["speedup"]},
+            "lat_steps": lat["steps"], "plain_steps": plain["steps"],
+            "lat_stopping": lat["stopping"].get("reason"), "plain_stopping": plain["stopping"].get("reason"),
+        })
+    if not per_seed:
+        return None
+
+    def mean(key):
+        return float(np.mean([entry[key] for entry in per_seed]))
+
+    return {"task": task_name, "size": size, "seeds": [entry["seed"] for entry in per_seed], "per_seed": per_seed,
+            "mean_plain_full": mean("plain_full"), "mean_lat_full": mean("lat_full"),
+            "mean_lat_full_minus_plain_points": 100 * (mean("lat_full") - mean("plain_full")),
+            "mean_tuned_test_drop_points": mean("tuned_test_drop_points"),
+            "mean_tuned_test_speedup": mean("tuned_test_speedup")}
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\n== {summary['task']}, {summary['size'] or 'all'} training examples, seeds {summary['seeds']} ==")
+    print(f"{'seed':>4} {'plain full':>10} {'LAT 1.0':>8} {'tuned':>6} {'test acc':>8} {'drop':>7} {'speedup':>8} "
+          f"{'best<=1p':>13} {'steps plain/LAT':>16}")
+    for entry in summary["per_seed"]:
+        best = entry["best_within_one_point"]
+        best_text = f"{best['speedup']:.2f}x@{best['keep_ratio']:g}" if best else "-"
+        print(f"{entry['seed']:>4} {entry['plain_full']:>10.4f} {entry['lat_full']:>8.4f} {entry['tuned_keep_ratio']:>6g} "
+              f"{entry['tuned_test_accuracy']:>8.4f} {entry['tuned_test_drop_points']:>6.2f}p "
+              f"{entry['tuned_test_speedup']:>7.2f}x {best_text:>13} {entry['plain_steps']:>7}/{entry['lat_steps']}")
+    print(f"mean: plain full {summary['mean_plain_full']:.4f}, LAT at 1.0 {summary['mean_lat_full_minus_plain_points']:+.2f} "
+          f"points; the tuned ratio on test: {summary['mean_tuned_test_drop_points']:.2f} points down at "
+          f"{summary['mean_tuned_test_speedup']:.2f}x")
+
+
+def plot_pareto(task_name: str, size: int, seed: int, path: Path) -> bool:
+    """Accuracy against measured speed (over plain at 1.0) for LAT, int8 and the rivals, one (task, size, seed)."""
+    timed_path = timing_path(task_name, size, seed)
+    if not timed_path.exists():
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summary["rows"]
-    ratios = [row["keep_ratio"] for row in rows]
-    figure, accuracy_axis = plt.subplots(figsize=(6.8, 4.4))
-    accuracy_axis.plot(ratios, [100 * r["lat_accuracy"] for r in rows], marker="o", label="LAT fine-tuning")
-    accuracy_axis.plot(ratios, [100 * r["plain_accuracy"] for r in rows], marker="x", label="plain fine-tuning, dropped")
-    accuracy_axis.axhline(100 * summary["plain_full_accuracy"] - 1, color="gray", linestyle=":", label="plain full - 1 point")
-    accuracy_axis.set_xscale("log")
-    accuracy_axis.invert_xaxis()
-    accuracy_axis.set_xlabel("keep_ratio (log scale)")
-    accuracy_axis.set_ylabel("test accuracy (%)")
-    accuracy_axis.grid(True, which="both", alpha=0.3)
-    speed_axis = accuracy_axis.twinx()
-    speed_axis.plot(ratios, [r["measured_speedup"] for r in rows], color="tab:red", marker="s", alpha=0.7, label="measured speedup")
-    speed_axis.set_ylabel("measured CPU speedup", color="tab:red")
-    lines = accuracy_axis.get_legend_handles_labels()
-    extra = speed_axis.get_legend_handles_labels()
-    accuracy_axis.legend(lines[0] + extra[0], lines[1] + extra[1], loc="lower left", fontsize=8)
-    accuracy_axis.set_title(f"MiniLM-L6 on {summary['task']} ({summary['kind']}), batch {summary['eval_batch']}", fontsize=9)
+    speed = {(row["variant"], row["precision"], row["keep_ratio"]): row["speedup_over_plain"]
+             for row in json.loads(timed_path.read_text())["rows"]}
+    figure, axis = plt.subplots(figsize=(7.2, 4.6))
+    plain = load(Cell(task_name, size, seed, "plain"))
+    plain_full = accuracy(plain["float32"]["rows"], 1.0)["accuracy"]
+    for variant, precision, style, label in (("lat", "float32", "o-", "LAT float32"), ("lat", "int8", "s-", "LAT int8"),
+                                             ("plain", "float32", "x", "plain"), ("plain", "int8", "D", "plain int8")):
+        result = load(Cell(task_name, size, seed, variant))
+        if not result or precision not in result:
+            continue
+        points = [(speed[(variant, precision, row["keep_ratio"])], row) for row in result[precision]["rows"]
+                  if (variant, precision, row["keep_ratio"]) in speed]
+        xs = [x for x, _ in points]
+        ys = [100 * row["metrics"]["accuracy"] for _, row in points]
+        errors = [[100 * (row["metrics"]["accuracy"] - row["interval"][0]) for _, row in points],
+                  [100 * (row["interval"][1] - row["metrics"]["accuracy"]) for _, row in points]] \
+            if points and points[0][1].get("interval") else None
+        axis.errorbar(xs, ys, yerr=errors, fmt=style, capsize=2, markersize=4, label=label, alpha=0.85)
+    for variant in [c.variant for c in cells((task_name,), (size,), (seed,), rivals=True) if c.variant.split("-")[0] in ("truncate", "layers")]:
+        result = load(Cell(task_name, size, seed, variant))
+        if result and (variant, "float32", 1.0) in speed:
+            row = result["float32"]["rows"][0]
+            axis.plot(speed[(variant, "float32", 1.0)], 100 * row["metrics"]["accuracy"], "^" if variant.startswith("truncate") else "v",
+                      markersize=8, label=variant)
+    axis.axhline(100 * plain_full - 1, color="gray", linestyle=":", label="plain full - 1 point")
+    axis.set_xlabel("measured speedup over plain fine-tuning at keep_ratio 1 (CPU, 2 threads)")
+    axis.set_ylabel("test accuracy (%), bootstrap 95% interval")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="lower left")
+    axis.set_title(f"MiniLM-L6, {task_name}, {size or 'all'} training examples, seed {seed}", fontsize=9)
     figure.tight_layout()
     save_figure_atomic(figure, path)
+    return True
+
+
+def report(tasks, sizes, seeds) -> None:
+    for name in tasks:
+        for size in sizes or TASKS[name].sizes:
+            summary = summarize(name, size, seeds)
+            if summary is None:
+                continue
+            print_summary(summary)
+            write_text_atomic(RESULTS / f"{name}-n{size or 'all'}-summary.json", json.dumps(summary, indent=2))
+            if plot_pareto(name, size, seeds[0], GRAPHS / f"finetune-{name}-n{size or 'all'}.png"):
+                print(f"plot: graphs/finetune-{name}-n{size or 'all'}.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="rotten_tomatoes,trec,austen")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--sizes", default="", help="training-set sizes (default: each task's own)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--no-rivals", action="store_true", help="only plain and LAT")
+    parser.add_argument("--quick", action="store_true", help="TREC at 1,000 examples, seed 0, with the rivals")
+    parser.add_argument("--list", action="store_true", help="list the cells and which are done")
+    parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    tasks = QUICK["tasks"] if args.quick else tuple(args.tasks.split(","))
+    sizes = QUICK["sizes"] if args.quick else tuple(int(s) for s in args.sizes.split(",") if s)
+    seeds = QUICK["seeds"] if args.quick else tuple(int(s) for s in args.seeds.split(","))
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        parser.error(f"unknown tasks {sorted(unknown)}; known: {', '.join(TASKS)}")
+    todo = cells(tasks, sizes or None, seeds, rivals=not args.no_rivals)
+    if args.list:
+        for cell in todo:
+            print(f"{'done' if cell.done() else 'todo':>4}  {cell.name}")
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    GRAPHS.mkdir(exist_ok=True)
-    for name in args.tasks.split(","):
-        summary = run_task(TASKS[name], cache_dir() / "finetune-benchmark" / name)
-        write_text_atomic(GRAPHS / f"finetune-{name}.json", json.dumps(summary, indent=2))
-        plot(summary, GRAPHS / f"finetune-{name}.png")
-    print(f"\nbenchmark finished in {(time.perf_counter() - started) / 60:.1f} minutes")
+    if not args.report:
+        for cell in todo:
+            if cell.done():
+                continue
+            print(f"\n## {cell.name}", flush=True)
+            write_text_atomic(cell.result_path, json.dumps(run_cell(cell), indent=2))
+        for name in tasks:
+            for size in sizes or TASKS[name].sizes:
+                path = timing_path(name, size, seeds[0])
+                group = [c for c in cells((name,), (size,), (seeds[0],), rivals=not args.no_rivals)]
+                if all(c.done() for c in group) and not path.exists():
+                    measured = timing(name, size, seeds[0])
+                    if measured:
+                        write_text_atomic(path, json.dumps(measured, indent=2))
+    report(tasks, sizes or None, seeds)
+    print(f"\nfinished in {(time.perf_counter() - started) / 60:.1f} minutes")
 
 
 if __name__ == "__main__":
