@@ -1,9 +1,10 @@
 """What int8 costs in accuracy, and buys in speed, on the real fine-tuning benchmark.
 
-    python examples/finetune_benchmark.py        # first: fine-tunes the LAT checkpoints
+    python examples/finetune_benchmark.py --tasks rotten_tomatoes,trec --seeds 0 --no-rivals   # first
     python examples/int8_accuracy.py [--tasks rotten_tomatoes,trec]
 
-For each task, the LAT checkpoint of the fine-tuning benchmark is converted
+For each task, the seed-0 LAT checkpoint of the fine-tuning matrix (the
+task's first training-set size) is converted
 twice, ``--optimize`` (float32) and ``--optimize --quantize dynamic`` (int8),
 and both are evaluated on the held-out test split at every ratio.  Latency is
 then timed side by side, interleaved in one process, on batches of the test
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from latexport.assets import cache_dir
 from latexport.export import convert
 from latexport.runtime import LatencyAdjustableSession
 from latexport.runtime.atomic import write_text_atomic
@@ -34,10 +34,12 @@ BATCH = 32
 
 
 def run_task(task: str) -> dict:
-    work = cache_dir() / "finetune-benchmark" / task
-    checkpoint = work / "lat-checkpoint"
+    from finetune_benchmark import TASKS, Cell
+
+    work = Cell(task, TASKS[task].sizes[0], 0, "lat").work
+    checkpoint = work / "checkpoint"
     if not (checkpoint / "config.json").exists():
-        raise SystemExit(f"{checkpoint} is missing: run examples/finetune_benchmark.py --tasks {task} first")
+        raise SystemExit(f"{checkpoint} is missing: run examples/finetune_benchmark.py --tasks {task} --seeds 0 first")
     test = str(splits(task)["test"])
     folders = {}
     for name, options in {"float32": {"optimize": True}, "int8": {"optimize": True, "quantize": "dynamic"}}.items():
