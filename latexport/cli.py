@@ -30,6 +30,19 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
+def _powers(text: str) -> tuple[float, ...]:
+    """``--powers``: comma-separated profile powers, or ``file`` for the file's own."""
+    if text.strip() == "file":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise click.BadParameter(f"expected comma-separated numbers or 'file', got {text!r}") from error
+    if not values or any(not (0.25 <= value <= 4.0) for value in values):
+        raise click.BadParameter(f"every power must be in [0.25, 4], got {text!r}")
+    return values
+
+
 def _integers(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
@@ -403,21 +416,47 @@ def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_
 @click.option("--target-speedup", type=float, help="Smallest measured speedup wanted.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
-def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, target_speedup, batch_size, threads):
-    """Choose MODEL_DIR's default keep ratio offline, from a constraint measured on held-out data."""
+@click.option("--powers", "powers", default="1,1.5,2,3", show_default=True, callback=lambda c, p, v: _powers(v),
+              help="Profile powers to try, each evaluated on the data; the chosen one is written into the file. "
+                   "'file': keep the file's own.")
+def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, target_speedup, batch_size, threads,
+         powers):
+    """Choose MODEL_DIR's default keep ratio and profile offline, from a constraint measured on held-out data."""
     from latexport.training import evaluate as evaluation
     from latexport.training.data import Columns
 
     result = evaluation.tune(model_dir, data, Columns(text_column, text_pair_column, label_column), max_drop=max_drop,
-                             target_speedup=target_speedup, batch_size=batch_size, threads=threads)
+                             target_speedup=target_speedup, batch_size=batch_size, threads=threads,
+                             powers=powers or None)
     click.echo(evaluation.render(result.evaluation))
+    if len(result.evaluations) > 1:
+        click.echo(evaluation.render_powers(result, max_drop, target_speedup))
     row = result.evaluation.row(result.keep_ratio)
     click.echo(
-        f"chose keep_ratio {result.keep_ratio:g} ({result.constraint}): {evaluation.describe(result.evaluation, row)}, "
-        f"measured speedup {row.speedup:.2f}x; recorded as the default in {Path(model_dir) / 'model.onnx'}"
+        f"chose power {result.power:g}, keep_ratio {result.keep_ratio:g} ({result.constraint}): "
+        f"{evaluation.describe(result.evaluation, row)}, measured speedup {row.speedup:.2f}x; "
+        f"recorded as the default in {Path(model_dir) / 'model.onnx'}"
     )
     if result.note:
         click.echo(f"note: {result.note}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--power", required=True, type=click.FloatRange(0.25, 4.0),
+              help="New profile shape: fraction(l) = keep_ratio ** ((l/L) ** power).")
+def reprofile(model_dir, power):
+    """Rewrite MODEL_DIR's elimination profile in place, without exporting again (drops a tuned default)."""
+    from latexport.runtime.reprofile import profile_of, reprofile as rewrite
+    from latexport.runtime.session import MODEL_FILE
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise LatexportError(f"{path} does not exist; give a directory written by latexport convert")
+    before = profile_of(path)
+    after = rewrite(path, power)
+    click.echo(f"{path}: power {before.power:g} -> {after.power:g} over {after.num_layers} layers; "
+               f"exponents {', '.join(f'{e:.3f}' for e in after.exponents())}")
 
 
 def _shorten(text: str, width: int = 60) -> str:

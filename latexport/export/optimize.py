@@ -42,12 +42,12 @@ from typing import Optional
 import numpy as np
 
 from latexport.runtime.estimate import FlopsModel
+from latexport.runtime.metadata import KEEP_RATIO_INPUT
 
 log = logging.getLogger(__name__)
 
 QUANTIZATION_MODES = ("dynamic",)
 OPTIMIZATION_TARGETS = ("cpu", "cuda")
-KEEP_RATIO_INPUT = "keep_ratio"
 
 
 def fuse_transformer_ops(path: Path, sizes: FlopsModel, target: str = "cpu", model_type: str = "bert") -> list[str]:

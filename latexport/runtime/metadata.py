@@ -14,6 +14,8 @@ from latexport.runtime.estimate import FlopsModel
 from latexport.runtime.profile import EliminationProfile
 
 PREFIX = "latexport."
+#: The runtime input every converted graph takes its speed from.
+KEEP_RATIO_INPUT = "keep_ratio"
 
 
 def cache_names(num_layers: int, prefix: str) -> list[str]:

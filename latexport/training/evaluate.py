@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from latexport.runtime.atomic import save_figure_atomic, write_bytes_atomic
 from latexport.runtime.errors import LatexportError
 from latexport.runtime.estimate import estimated_speedup
 from latexport.runtime.metadata import PREFIX
+from latexport.runtime.profile import EliminationProfile
+from latexport.runtime.reprofile import profile_of, reprofile
 from latexport.runtime.session import MODEL_FILE, LatencyAdjustableSession
 from latexport.training.data import (
     Columns,
@@ -35,7 +38,7 @@ from latexport.training.data import (
 )
 
 EVALUATION_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-TUNING_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02)
+TUNING_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01, 0.005)
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 # Drops are differences of means, so one of exactly max_drop can come out a hair above it.
@@ -260,12 +263,21 @@ def plot(evaluation: Evaluation, path: Path, title: Optional[str] = None) -> Non
 
 
 # --- offline tuning -----------------------------------------------------------
+#: Profile shapes ``tune`` tries by default (``latexport.runtime.profile``): rewriting
+#: the exponents is cheap (``latexport.runtime.reprofile``), and which shape loses
+#: least at a given speed depends on the checkpoint and the task.
+TUNING_POWERS = (1.0, 1.5, 2.0, 3.0)
+
+
 @dataclass
 class TuneResult:
     keep_ratio: float
     constraint: str
     evaluation: Evaluation
     note: Optional[str] = None
+    power: Optional[float] = None
+    """The profile power chosen; ``evaluations`` holds each power tried."""
+    evaluations: dict = field(default_factory=dict)
 
 
 def choose_ratio(
@@ -333,6 +345,30 @@ def _examples_needed(evaluation: Evaluation, row: RatioResult, max_drop: float) 
     )
 
 
+def choose_profile(
+    evaluations: dict[float, Evaluation], max_drop: Optional[float] = None, target_speedup: Optional[float] = None
+) -> tuple[float, float, str, Optional[str]]:
+    """(power, ratio, constraint, note): ``choose_ratio``'s rule applied to every power's
+    curve, then the fastest of the winners (under ``target_speedup``, the most accurate).
+
+    Each curve's speedups are against its own keep_ratio 1, which is the same
+    computation at any power, so they compare across powers.
+    """
+    if not evaluations:
+        raise LatexportError("no profile was evaluated")
+    chosen = {}
+    for power, evaluation in evaluations.items():
+        ratio, constraint, note = choose_ratio(evaluation, max_drop, target_speedup)
+        chosen[power] = (evaluation.row(ratio), constraint, note)
+    if max_drop is not None:
+        power = max(chosen, key=lambda p: chosen[p][0].speedup)
+    else:
+        metric = next(iter(evaluations.values())).metric
+        power = max(chosen, key=lambda p: (chosen[p][0].metrics[metric], chosen[p][0].speedup))
+    row, constraint, note = chosen[power]
+    return power, row.keep_ratio, constraint, note
+
+
 def tune(
     model_dir: Path,
     data: str,
@@ -342,12 +378,29 @@ def tune(
     keep_ratios: tuple[float, ...] = TUNING_RATIOS,
     batch_size: int = 32,
     threads: int = 0,
+    powers: Optional[tuple[float, ...]] = TUNING_POWERS,
 ) -> TuneResult:
-    """Evaluate on held-out ``data``, choose the ratio, and record it as the model's default."""
+    """Evaluate on held-out ``data`` at each profile power, choose the power and
+    the ratio, and record both in the model's file (the power by rewriting its
+    exponents).  ``powers=None`` keeps the file's own power."""
     if (max_drop is None) == (target_speedup is None):
         raise LatexportError("give exactly one of --max-drop or --target-speedup")
-    evaluation = evaluate(model_dir, data, columns, keep_ratios, batch_size, threads)
-    ratio, constraint, note = choose_ratio(evaluation, max_drop, target_speedup)
+    model_path = Path(model_dir) / MODEL_FILE
+    current = profile_of(model_path).power
+    tried = sorted({float(p) for p in powers}) if powers else [current]
+    for power in tried:
+        EliminationProfile(num_layers=1, power=power)  # refuses an out-of-range power before any work
+    evaluations = {}
+    with tempfile.TemporaryDirectory(prefix="latexport-tune-") as scratch:
+        for power in tried:
+            evaluations[power] = evaluate(
+                _with_power(Path(model_dir), power, Path(scratch) / f"power-{power:g}", current),
+                data, columns, keep_ratios, batch_size, threads,
+            )
+    power, ratio, constraint, note = choose_profile(evaluations, max_drop, target_speedup)
+    evaluation = evaluations[power]
+    for each in evaluations.values():
+        each.model_dir = str(model_dir)
     record = {
         "constraint": constraint,
         "note": note,
@@ -355,19 +408,53 @@ def tune(
         "examples": evaluation.examples,
         "metric": evaluation.metric,
         "batch_size": batch_size,
-        "curve": [
-            {
-                "keep_ratio": row.keep_ratio,
-                evaluation.metric: row.metrics[evaluation.metric],
-                "interval": list(row.interval),
-                "drop_interval": list(row.drop_interval),
-                "speedup": row.speedup,
-            }
-            for row in evaluation.rows
-        ],
+        "power": power,
+        "curve": _curve(evaluation),
+        "powers": {f"{p:g}": _curve(each) for p, each in evaluations.items()},
     }
-    write_metadata(Path(model_dir) / MODEL_FILE, {"default_keep_ratio": repr(float(ratio)), "tuning": json.dumps(record)})
-    return TuneResult(ratio, constraint, evaluation, note)
+    values = {"default_keep_ratio": repr(float(ratio)), "tuning": json.dumps(record)}
+    if power != current:
+        reprofile(model_path, power, metadata={PREFIX + key: value for key, value in values.items()})
+    else:
+        write_metadata(model_path, values)
+    return TuneResult(ratio, constraint, evaluation, note, power, evaluations)
+
+
+def render_powers(result: TuneResult, max_drop: Optional[float] = None, target_speedup: Optional[float] = None) -> str:
+    """One line per power tried: the ratio its own curve would choose, and what that gives."""
+    lines = ["profile powers tried (each curve on the same data; speedups against its own keep_ratio 1):"]
+    for power, evaluation in sorted(result.evaluations.items()):
+        ratio, _, _ = choose_ratio(evaluation, max_drop, target_speedup)
+        row = evaluation.row(ratio)
+        marker = "  <- chosen" if power == result.power else ""
+        lines.append(f"  power {power:<4g} keep_ratio {ratio:<5g} {describe(evaluation, row)}, {row.speedup:.2f}x{marker}")
+    return "\n".join(lines)
+
+
+def _curve(evaluation: Evaluation) -> list[dict]:
+    return [
+        {
+            "keep_ratio": row.keep_ratio,
+            evaluation.metric: row.metrics[evaluation.metric],
+            "interval": list(row.interval),
+            "drop_interval": list(row.drop_interval),
+            "speedup": row.speedup,
+        }
+        for row in evaluation.rows
+    ]
+
+
+def _with_power(model_dir: Path, power: float, scratch: Path, current: float) -> Path:
+    """``model_dir`` itself at its own power, else a scratch directory that links its
+    files and holds the model rewritten to ``power``."""
+    if power == current:
+        return model_dir
+    scratch.mkdir(parents=True)
+    for entry in model_dir.iterdir():
+        if entry.name != MODEL_FILE:
+            (scratch / entry.name).symlink_to(entry.resolve())
+    reprofile(model_dir / MODEL_FILE, power, target=scratch / MODEL_FILE)
+    return scratch
 
 
 def write_metadata(model_path: Path, values: dict[str, str]) -> None:
