@@ -45,17 +45,20 @@ import numpy as np
 from latexport.assets import MINILM, cache_dir, fetch
 from latexport.export import convert
 from latexport.runtime.atomic import atomic_directory, save_figure_atomic, write_text_atomic
+from latexport.runtime.reprofile import reprofile
 from latexport.runtime.session import LatencyAdjustableSession
 from latexport.runtime.timing import interleaved
 from latexport.training.corpora import splits, subsampled
 from latexport.training.data import read_examples
-from latexport.training.evaluate import evaluate, render, tune, write_metadata
+from latexport.training.evaluate import TUNING_RATIOS, choose_ratio, evaluate, render, tune, write_metadata
 from latexport.training.finetune import FinetuneSettings, finetune
 
 RESULTS = Path(__file__).resolve().parent.parent / "graphs" / "finetune-matrix"
 GRAPHS = RESULTS.parent
 RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03)
-TUNE_RATIOS = RATIOS
+#: LAT is tuned with ``tune``'s defaults (ratios and profile powers), and its test
+#: curve covers every ratio tune may choose.
+LAT_RATIOS = TUNING_RATIOS
 MAX_DROP = 0.01
 SUBSAMPLE_SEED = 0
 TIMED_BATCHES, TIMING_ROUNDS = 12, 5
@@ -108,7 +111,12 @@ class Cell:
         return cache_dir() / "finetune-matrix" / self.name
 
     def done(self) -> bool:
-        return self.result_path.exists()
+        """Finished, and by the current recipe: a LAT cell from before tune chose the
+        profile power is redone (its checkpoint is reused, so only convert, tune and
+        evaluate run again)."""
+        if not self.result_path.exists():
+            return False
+        return self.variant != "lat" or "power" in json.loads(self.result_path.read_text()).get("tuned", {})
 
 
 def cells(tasks, sizes: Optional[tuple[int, ...]], seeds, rivals: bool) -> list[Cell]:
@@ -187,11 +195,15 @@ def run_cell(cell: Cell) -> dict:
         if cell.variant.startswith("truncate-"):  # the rival reads only what it was trained on
             write_metadata(model_dir / "model.onnx", {"max_length": cell.variant.split("-")[1]})
         if cell.variant == "lat" and precision == "float32":
-            tuned = tune(model_dir, str(files["validation"]), max_drop=MAX_DROP, batch_size=task.eval_batch,
-                         keep_ratios=TUNE_RATIOS)
-            result["tuned"] = {"keep_ratio": tuned.keep_ratio, "constraint": tuned.constraint,
-                               "note": getattr(tuned, "note", ""), "validation": evaluation_record(tuned.evaluation)}
-        ratios = RATIOS if cell.variant == "lat" or (cell.variant == "plain" and precision == "float32") else (1.0,)
+            tuned = tune(model_dir, str(files["validation"]), max_drop=MAX_DROP, batch_size=task.eval_batch)
+            result["tuned"] = {"keep_ratio": tuned.keep_ratio, "power": tuned.power, "constraint": tuned.constraint,
+                               "note": tuned.note, "validation": evaluation_record(tuned.evaluation),
+                               "by_power": {f"{power:g}": choose_ratio(each, max_drop=MAX_DROP)[0]
+                                            for power, each in tuned.evaluations.items()}}
+        if cell.variant == "lat" and precision == "int8":  # the int8 file runs the profile tune chose
+            reprofile(model_dir / "model.onnx", result["tuned"]["power"])
+        ratios = (LAT_RATIOS if cell.variant == "lat"
+                  else RATIOS if (cell.variant == "plain" and precision == "float32") else (1.0,))
         evaluation = evaluate(model_dir, str(files["test"]), keep_ratios=ratios, batch_size=task.eval_batch)
         result[precision] = evaluation_record(evaluation)
         timings[f"convert and evaluate {precision}"] = time.perf_counter() - start
@@ -222,7 +234,7 @@ def timing(task_name: str, size: int, seed: int) -> Optional[dict]:
                 continue
             session = LatencyAdjustableSession(model_dir, intra_op_threads=2, truncation="silent")
             feeds = [session.encode(batch) for batch in texts]
-            ratios = RATIOS if cell.variant == "lat" else (1.0,)
+            ratios = LAT_RATIOS if cell.variant == "lat" else (1.0,)
             for ratio in ratios:
                 key = f"{cell.variant} {precision} {ratio:g}"
                 calls[key] = (lambda s=session, f=feeds, r=ratio: [s.run(feed, r) for feed in f])
@@ -268,6 +280,7 @@ def summarize(task_name: str, size: int, seeds) -> Optional[dict]:
             "plain_full": plain_full,
             "lat_full": accuracy(lat["float32"]["rows"], 1.0)["accuracy"],
             "tuned_keep_ratio": tuned_ratio,
+            "tuned_power": lat["tuned"].get("power", lat.get("power")),
             "tuned_test_accuracy": tuned["accuracy"],
             "tuned_test_drop_points": 100 * (plain_full - tuned["accuracy"]),
             "tuned_test_speedup": tuned["speedup"],
@@ -290,17 +303,21 @@ def summarize(task_name: str, size: int, seeds) -> Optional[dict]:
 
 def print_summary(summary: dict) -> None:
     print(f"\n== {summary['task']}, {summary['size'] or 'all'} training examples, seeds {summary['seeds']} ==")
-    print(f"{'seed':>4} {'plain full':>10} {'LAT 1.0':>8} {'tuned':>6} {'test acc':>8} {'drop':>7} {'speedup':>8} "
+    print(f"{'seed':>4} {'plain full':>10} {'LAT 1.0':>8} {'tuned':>10} {'test acc':>8} {'drop':>7} {'speedup':>8} "
           f"{'best<=1p':>13} {'steps plain/LAT':>16}")
     for entry in summary["per_seed"]:
         best = entry["best_within_one_point"]
         best_text = f"{best['speedup']:.2f}x@{best['keep_ratio']:g}" if best else "-"
-        print(f"{entry['seed']:>4} {entry['plain_full']:>10.4f} {entry['lat_full']:>8.4f} {entry['tuned_keep_ratio']:>6g} "
+        print(f"{entry['seed']:>4} {entry['plain_full']:>10.4f} {entry['lat_full']:>8.4f} {_tuned(entry):>10} "
               f"{entry['tuned_test_accuracy']:>8.4f} {entry['tuned_test_drop_points']:>6.2f}p "
               f"{entry['tuned_test_speedup']:>7.2f}x {best_text:>13} {entry['plain_steps']:>7}/{entry['lat_steps']}")
     print(f"mean: plain full {summary['mean_plain_full']:.4f}, LAT at 1.0 {summary['mean_lat_full_minus_plain_points']:+.2f} "
           f"points; the tuned ratio on test: {summary['mean_tuned_test_drop_points']:.2f} points down at "
           f"{summary['mean_tuned_test_speedup']:.2f}x")
+
+
+def _tuned(entry: dict) -> str:
+    return f"{entry['tuned_keep_ratio']:g}@p{entry['tuned_power']:g}" if entry.get("tuned_power") else f"{entry['tuned_keep_ratio']:g}"
 
 
 def plot_pareto(task_name: str, size: int, seed: int, path: Path) -> bool:
@@ -394,7 +411,8 @@ def main() -> None:
             for size in sizes or TASKS[name].sizes:
                 path = timing_path(name, size, seeds[0])
                 group = [c for c in cells((name,), (size,), (seeds[0],), rivals=not args.no_rivals)]
-                if all(c.done() for c in group) and not path.exists():
+                newest = max((c.result_path.stat().st_mtime for c in group if c.done()), default=0)
+                if all(c.done() for c in group) and (not path.exists() or path.stat().st_mtime < newest):
                     measured = timing(name, size, seeds[0])
                     if measured:
                         write_text_atomic(path, json.dumps(measured, indent=2))
