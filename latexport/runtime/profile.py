@@ -18,7 +18,8 @@ Rotten Tomatoes validation split with a plainly fine-tuned MiniLM (no training
 for dropping), at the same estimated 1.55x: power 1 kept 84.2% accuracy,
 power 1.5 86.0%, power 2 86.6% (87.2% unpruned); at 2.1x, power 1.5 kept 82.8%
 and power 1 81.4%.  The default is 1.5; fine-tuning records its power and
-conversion reuses it.
+conversion reuses it, and ``tune`` may then choose another on held-out data
+(``latexport.runtime.reprofile`` rewrites the exponents in the file).
 
 This module is numpy-only: the runtime and ``inspect`` use it without torch.
 The exported graph computes the same formula (``selection.keep_counts``), in
