@@ -88,6 +88,8 @@ TASKS = {
     "trec_fine": Task("trec_fine", "many classes, short: 50 fine TREC labels", 48, 32, 32, (0,)),
     "austen_volumes": Task("austen_volumes", "many classes, long: novel and volume of a 512-token passage", 512, 16, 8, (0,)),
 }
+#: LAT recipes measured against the default one (``--ablations``): the FinetuneSettings they change.
+ABLATIONS = {"lat-power-range": {"power_range": (1.5, 3.0)}}
 QUICK = {"tasks": ("trec",), "sizes": (1000,), "seeds": (0,)}
 
 
@@ -96,7 +98,11 @@ class Cell:
     task: str
     size: int
     seed: int
-    variant: str  # plain, lat, truncate-L, layers-K
+    variant: str  # plain, lat, an ABLATIONS name, truncate-L, layers-K
+
+    @property
+    def lat(self) -> bool:
+        return self.variant == "lat" or self.variant in ABLATIONS
 
     @property
     def name(self) -> str:
@@ -116,12 +122,13 @@ class Cell:
         evaluate run again)."""
         if not self.result_path.exists():
             return False
-        return self.variant != "lat" or "power" in json.loads(self.result_path.read_text()).get("tuned", {})
+        return not self.lat or "power" in json.loads(self.result_path.read_text()).get("tuned", {})
 
 
-def cells(tasks, sizes: Optional[tuple[int, ...]], seeds, rivals: bool) -> list[Cell]:
+def cells(tasks, sizes: Optional[tuple[int, ...]], seeds, rivals: bool, ablations: tuple[str, ...] = ()) -> list[Cell]:
     """Most informative first: plain and LAT at seed 0 everywhere, then more seeds, then the rivals."""
-    chosen = []
+    chosen = [Cell(name, size, seed, variant) for variant in ablations for seed in seeds for name in tasks
+              for size in sizes or TASKS[name].sizes]
     for seed in seeds:
         for name in tasks:
             task = TASKS[name]
@@ -158,10 +165,11 @@ def fewer_layers_base(count: int) -> Path:
 def trained(cell: Cell, files: dict[str, Path]) -> Path:
     """The fine-tuned checkpoint of this cell, training (or resuming) it unless a finished one is there."""
     task = TASKS[cell.task]
-    recipe = "lat" if cell.variant == "lat" else "plain"
+    recipe = "lat" if cell.lat else "plain"
     max_length = int(cell.variant.split("-")[1]) if cell.variant.startswith("truncate-") else task.max_length
     base = str(fewer_layers_base(int(cell.variant.split("-")[1])) if cell.variant.startswith("layers-") else fetch(MINILM))
-    settings = FinetuneSettings(recipe=recipe, batch_size=task.train_batch, max_length=max_length, seed=cell.seed)
+    settings = FinetuneSettings(recipe=recipe, batch_size=task.train_batch, max_length=max_length, seed=cell.seed,
+                                **ABLATIONS.get(cell.variant, {}))
     checkpoint = cell.work / "checkpoint"
     record_path = checkpoint / "latexport_finetune.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -187,22 +195,22 @@ def run_cell(cell: Cell) -> dict:
               "stopping": {k: v for k, v in record.get("stopping", {}).items() if k != "history"},
               "history": record.get("stopping", {}).get("history", []), "power": record.get("power"),
               "steps": record.get("step")}
-    variants = {"float32": {}, "int8": {"quantize": "dynamic"}} if cell.variant in ("plain", "lat") else {"float32": {}}
+    variants = {"float32": {}, "int8": {"quantize": "dynamic"}} if cell.variant == "plain" or cell.lat else {"float32": {}}
     for precision, options in variants.items():
         start = time.perf_counter()
         model_dir = cell.work / f"onnx-{precision}"
         convert(str(checkpoint), model_dir, overwrite=True, **options)
         if cell.variant.startswith("truncate-"):  # the rival reads only what it was trained on
             write_metadata(model_dir / "model.onnx", {"max_length": cell.variant.split("-")[1]})
-        if cell.variant == "lat" and precision == "float32":
+        if cell.lat and precision == "float32":
             tuned = tune(model_dir, str(files["validation"]), max_drop=MAX_DROP, batch_size=task.eval_batch)
             result["tuned"] = {"keep_ratio": tuned.keep_ratio, "power": tuned.power, "constraint": tuned.constraint,
                                "note": tuned.note, "validation": evaluation_record(tuned.evaluation),
                                "by_power": {f"{power:g}": choose_ratio(each, max_drop=MAX_DROP)[0]
                                             for power, each in tuned.evaluations.items()}}
-        if cell.variant == "lat" and precision == "int8":  # the int8 file runs the profile tune chose
+        if cell.lat and precision == "int8":  # the int8 file runs the profile tune chose
             reprofile(model_dir / "model.onnx", result["tuned"]["power"])
-        ratios = (LAT_RATIOS if cell.variant == "lat"
+        ratios = (LAT_RATIOS if cell.lat
                   else RATIOS if (cell.variant == "plain" and precision == "float32") else (1.0,))
         evaluation = evaluate(model_dir, str(files["test"]), keep_ratios=ratios, batch_size=task.eval_batch)
         result[precision] = evaluation_record(evaluation)
@@ -234,7 +242,7 @@ def timing(task_name: str, size: int, seed: int) -> Optional[dict]:
                 continue
             session = LatencyAdjustableSession(model_dir, intra_op_threads=2, truncation="silent")
             feeds = [session.encode(batch) for batch in texts]
-            ratios = LAT_RATIOS if cell.variant == "lat" else (1.0,)
+            ratios = LAT_RATIOS if cell.lat else (1.0,)
             for ratio in ratios:
                 key = f"{cell.variant} {precision} {ratio:g}"
                 calls[key] = (lambda s=session, f=feeds, r=ratio: [s.run(feed, r) for feed in f])
@@ -383,6 +391,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="training-set sizes (default: each task's own)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--no-rivals", action="store_true", help="only plain and LAT")
+    parser.add_argument("--ablations", default="", help=f"LAT recipes to run first, of: {', '.join(ABLATIONS)}")
     parser.add_argument("--quick", action="store_true", help="TREC at 1,000 examples, seed 0, with the rivals")
     parser.add_argument("--list", action="store_true", help="list the cells and which are done")
     parser.add_argument("--report", action="store_true", help="only rebuild the tables and plots")
@@ -394,7 +403,10 @@ def main() -> None:
     unknown = set(tasks) - set(TASKS)
     if unknown:
         parser.error(f"unknown tasks {sorted(unknown)}; known: {', '.join(TASKS)}")
-    todo = cells(tasks, sizes or None, seeds, rivals=not args.no_rivals)
+    ablations = tuple(a for a in args.ablations.split(",") if a)
+    if set(ablations) - set(ABLATIONS):
+        parser.error(f"unknown ablations {sorted(set(ablations) - set(ABLATIONS))}; known: {', '.join(ABLATIONS)}")
+    todo = cells(tasks, sizes or None, seeds, rivals=not args.no_rivals, ablations=ablations)
     if args.list:
         for cell in todo:
             print(f"{'done' if cell.done() else 'todo':>4}  {cell.name}")

@@ -1,6 +1,7 @@
 """Fine-tuning: the output checkpoint, labels, reproducibility, resume, failures."""
 
 import json
+from dataclasses import asdict, replace
 import random
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from latexport.export.conversion import convert
-from latexport.runtime.errors import OutputExistsError
+from latexport.runtime.errors import OutputExistsError, SettingsError
 from latexport.runtime.session import LatencyAdjustableSession
 from latexport.training.data import DataError
 from latexport.training.finetune import (
@@ -289,3 +290,39 @@ def test_the_finetune_command_reports_why_it_stopped(checkpoints, data, tmp_path
     assert result.exit_code == 0, result.output
     assert "stopped: the step budget of 12 steps ran out" in result.output
     assert "still rising" in result.output and "--max-steps 24" in result.output
+
+
+def test_a_power_range_gives_each_pruned_pass_its_own_profile(checkpoints, tmp_path, monkeypatch):
+    """`power_range`: pruned passes drop by powers drawn from the range; the full pass, validation and
+    the recorded profile keep the run's own power."""
+    from latexport.export.model import LatencyAdjustableModel
+
+    seen = []
+    original = LatencyAdjustableModel.forward
+
+    def recording(self, input_ids, attention_mask, token_type_ids=None, keep_ratio=1.0, *args, **kwargs):
+        seen.append((torch.is_grad_enabled(), float(keep_ratio), self.profile.power))
+        return original(self, input_ids, attention_mask, token_type_ids, keep_ratio, *args, **kwargs)
+
+    monkeypatch.setattr(LatencyAdjustableModel, "forward", recording)
+    train = write(tmp_path / "t.jsonl", sentiment_rows(32, 5))
+    settings = FinetuneSettings(**{**SMALL, "epochs": 1, "power": 1.5, "power_range": (2.0, 3.0)})
+    result = finetune(str(checkpoints[("bert", "feature-extraction")]), tmp_path / "o", train, train,
+                      settings=settings, progress=False)
+    pruned = [power for training, ratio, power in seen if training and ratio < 1.0]
+    others = {power for training, ratio, power in seen if not (training and ratio < 1.0)}
+    assert len(pruned) == 2 * result.steps and all(2.0 <= power <= 3.0 for power in pruned)
+    assert len(set(pruned)) == len(pruned) and others == {1.5}
+    assert json.loads((result.out_dir / "latexport_finetune.json").read_text())["power"] == 1.5
+
+
+def test_settings_added_later_leave_older_fingerprints_alone():
+    """A run recorded before power_range existed must still be recognised (and resumed), not retrained."""
+    import hashlib
+
+    settings = FinetuneSettings(power=1.5)
+    before = {k: v for k, v in asdict(settings).items() if k not in ("save_every", "power_range")}
+    assert settings.fingerprint() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert replace(settings, power_range=(1.5, 3.0)).fingerprint() != settings.fingerprint()
+    with pytest.raises(SettingsError, match="power_range"):
+        FinetuneSettings(power_range=(3.0, 1.5))

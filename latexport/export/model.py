@@ -80,6 +80,14 @@ class LatencyAdjustableModel(nn.Module):
         self.pooling = pooling
         self.exponents = profile.exponents()
 
+    def use_profile(self, profile: EliminationProfile) -> None:
+        """Drop by another profile of the same depth from the next call on (training
+        draws one per pruned pass, so the model serves whichever ``tune`` chooses)."""
+        if profile.num_layers != self.profile.num_layers:
+            raise ValueError(f"profile has {profile.num_layers} layers but the model has {self.profile.num_layers}")
+        self.profile = profile
+        self.exponents = profile.exponents()
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -84,6 +84,8 @@ class FinetuneSettings:
     distill_weight: float = 0.5
     temperature: float = 2.0
     power: Optional[float] = None  # None: chosen from the training texts' length (``auto_power``)
+    # Each pruned pass draws its profile power uniformly from this range (None: always ``power``).
+    power_range: Optional[tuple[float, float]] = None
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     save_every: int = 200
@@ -100,6 +102,8 @@ class FinetuneSettings:
             (self.max_length >= 8, f"max_length must be at least 8, got {self.max_length}"),
             (self.sampled_ratios >= 0 and self.save_every >= 1, "sampled_ratios must be >= 0 and save_every >= 1"),
             (self.power is None or 0.25 <= self.power <= 4.0, f"power must be in [0.25, 4], got {self.power}"),
+            (self.power_range is None or (len(self.power_range) == 2 and 0.25 <= self.power_range[0] <= self.power_range[1] <= 4.0),
+             f"power_range must be (low, high) within [0.25, 4], got {self.power_range}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -114,10 +118,12 @@ class FinetuneSettings:
         return replace(self, power=auto_power(train_lengths))
 
     def fingerprint(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if k != "save_every"}
+        # A setting added later counts only when set, so runs from before it still resume.
+        fields = {k: v for k, v in asdict(self).items() if k != "save_every" and not (k in ADDED_LATER and v is None)}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+ADDED_LATER = ("power_range",)
 SHORT_TEXT_POWER, LONG_TEXT_POWER, LONG_TEXT_TOKENS = 1.5, 1.0, 128
 
 # The step budget: about BUDGET_EXAMPLES examples seen, and between MIN_EPOCHS and MAX_EPOCHS passes.
@@ -229,9 +235,8 @@ class Trainer:
         self.model = self._load_model(str(resume_dir) if resume_dir else model_source)
         self.family = family_for(self.model.config)
         layers = self.family.layer_shape(self.model.config).num_layers
-        self.lat = LatencyAdjustableModel(
-            self.model, self.family, EliminationProfile(layers, power=settings.power), task=TASK_CLASSIFICATION
-        )
+        self.profile = EliminationProfile(layers, power=settings.power)
+        self.lat = LatencyAdjustableModel(self.model, self.family, self.profile, task=TASK_CLASSIFICATION)
         self.with_types = self.family.uses_token_type_ids(self.model.config)
         self.train_data = encode(self.tokenizer, train, train_targets, settings.max_length)
         self.validation_data = encode(self.tokenizer, validation, validation_targets, settings.max_length)
@@ -324,6 +329,15 @@ class Trainer:
         draws = torch.rand(self.settings.sampled_ratios, generator=self.ratio_generator).tolist()
         return [low] + [math.exp(math.log(low) * (1.0 - u)) for u in draws]
 
+    def sample_profiles(self) -> list[EliminationProfile]:
+        """One profile per pruned pass: the run's own, or powers drawn from ``power_range``."""
+        count = self.settings.sampled_ratios + 1
+        if self.settings.power_range is None:
+            return [self.profile] * count
+        low, high = self.settings.power_range
+        draws = torch.rand(count, generator=self.ratio_generator).tolist()
+        return [EliminationProfile(self.profile.num_layers, power=low + (high - low) * u) for u in draws]
+
     def task_loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.regression:
             return F.mse_loss(output.squeeze(-1), targets)
@@ -342,11 +356,13 @@ class Trainer:
             teacher = full.detach()
             weight = self.settings.distill_weight
             pruned_losses = []
-            for ratio in self.sample_ratios():
+            for ratio, profile in zip(self.sample_ratios(), self.sample_profiles()):
+                self.lat.use_profile(profile)
                 student = self.lat(batch.input_ids, batch.attention_mask, batch.token_type_ids, ratio).output
                 pruned_losses.append(
                     (1.0 - weight) * self.task_loss(student, batch.targets) + weight * self.distill_loss(student, teacher)
                 )
+            self.lat.use_profile(self.profile)
             loss = loss + torch.stack(pruned_losses).mean()
         return loss
 
