@@ -271,11 +271,12 @@ def accuracy(rows: list[dict], ratio: float) -> Optional[dict]:
                                      "speedup": row["speedup"]}
 
 
-def summarize(task_name: str, size: int, seeds) -> Optional[dict]:
-    """Per seed: plain full, LAT at 1.0, the ratio tune chose on validation and what it gives on test."""
+def summarize(task_name: str, size: int, seeds, recipe: str = "lat") -> Optional[dict]:
+    """Per seed: plain full, LAT at 1.0, the ratio tune chose on validation and what it gives on test
+    (``recipe``: ``lat`` or an ablation)."""
     per_seed = []
     for seed in seeds:
-        plain, lat = load(Cell(task_name, size, seed, "plain")), load(Cell(task_name, size, seed, "lat"))
+        plain, lat = load(Cell(task_name, size, seed, "plain")), load(Cell(task_name, size, seed, recipe))
         if not (plain and lat):
             continue
         plain_full = accuracy(plain["float32"]["rows"], 1.0)["accuracy"]
@@ -302,7 +303,7 @@ def summarize(task_name: str, size: int, seeds) -> Optional[dict]:
     def mean(key):
         return float(np.mean([entry[key] for entry in per_seed]))
 
-    return {"task": task_name, "size": size, "seeds": [entry["seed"] for entry in per_seed], "per_seed": per_seed,
+    return {"task": task_name, "size": size, "recipe": recipe, "seeds": [entry["seed"] for entry in per_seed], "per_seed": per_seed,
             "mean_plain_full": mean("plain_full"), "mean_lat_full": mean("lat_full"),
             "mean_lat_full_minus_plain_points": 100 * (mean("lat_full") - mean("plain_full")),
             "mean_tuned_test_drop_points": mean("tuned_test_drop_points"),
@@ -310,7 +311,8 @@ def summarize(task_name: str, size: int, seeds) -> Optional[dict]:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"\n== {summary['task']}, {summary['size'] or 'all'} training examples, seeds {summary['seeds']} ==")
+    print(f"\n== {summary['task']}, {summary['size'] or 'all'} training examples, seeds {summary['seeds']}, "
+          f"recipe {summary.get('recipe', 'lat')} ==")
     print(f"{'seed':>4} {'plain full':>10} {'LAT 1.0':>8} {'tuned':>10} {'test acc':>8} {'drop':>7} {'speedup':>8} "
           f"{'best<=1p':>13} {'steps plain/LAT':>16}")
     for entry in summary["per_seed"]:
@@ -373,9 +375,15 @@ def plot_pareto(task_name: str, size: int, seed: int, path: Path) -> bool:
     return True
 
 
-def report(tasks, sizes, seeds) -> None:
+def report(tasks, sizes, seeds, ablations: tuple[str, ...] = ()) -> None:
     for name in tasks:
         for size in sizes or TASKS[name].sizes:
+            for recipe in ablations:
+                summary = summarize(name, size, seeds, recipe)
+                if summary is not None:
+                    print_summary(summary)
+                    write_text_atomic(RESULTS / f"{name}-n{size or 'all'}-{recipe}-summary.json",
+                                      json.dumps(summary, indent=2))
             summary = summarize(name, size, seeds)
             if summary is None:
                 continue
@@ -428,7 +436,7 @@ def main() -> None:
                     measured = timing(name, size, seeds[0])
                     if measured:
                         write_text_atomic(path, json.dumps(measured, indent=2))
-    report(tasks, sizes or None, seeds)
+    report(tasks, sizes or None, seeds, ablations)
     print(f"\nfinished in {(time.perf_counter() - started) / 60:.1f} minutes")
 
 
