@@ -182,3 +182,21 @@ def test_reprofile_command(model_copy):
     assert profile_of(model_copy / "model.onnx").power == 2.0
     result = runner.invoke(main, ["reprofile", str(model_copy / "missing"), "--power", "2"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_tune_command_powers_option(model_copy, tmp_path):
+    from test_evaluate import LABELS
+    from test_finetune import sentiment_rows, write
+
+    rows = [{"text": row["text"], "label": LABELS[i % 3]} for i, row in enumerate(sentiment_rows(16, 4))]
+    data = write(tmp_path / "data.jsonl", rows)
+    runner = CliRunner()
+    result = runner.invoke(main, ["tune", str(model_copy), "--data", data, "--max-drop", "0.05", "--powers", "file"])
+    assert result.exit_code == 0, result.output
+    assert "chose power 1.5," in result.output and "profile powers tried" not in result.output
+    result = runner.invoke(main, ["tune", str(model_copy), "--data", data, "--max-drop", "0.05", "--powers", "1,3"])
+    assert result.exit_code == 0, result.output
+    assert "power 1 " in result.output and "power 3 " in result.output and "<- chosen" in result.output
+    for bad in ("9", "two", ""):
+        result = runner.invoke(main, ["tune", str(model_copy), "--data", data, "--max-drop", "0.05", "--powers", bad])
+        assert result.exit_code == 2 and "--powers" in result.output, (bad, result.output)
