@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from latexport.cli import main
 from latexport.export.passes import with_int64_outputs
-from latexport.runtime.errors import SettingsError
+from latexport.runtime.errors import LatexportError, SettingsError
 from latexport.runtime.profile import EliminationProfile
 from latexport.runtime.reprofile import EXPONENT_NAME, ReprofileError, profile_of, reprofile
 from latexport.runtime.session import LatencyAdjustableSession
@@ -200,3 +200,16 @@ def test_tune_command_powers_option(model_copy, tmp_path):
     for bad in ("9", "two", ""):
         result = runner.invoke(main, ["tune", str(model_copy), "--data", data, "--max-drop", "0.05", "--powers", bad])
         assert result.exit_code == 2 and "--powers" in result.output, (bad, result.output)
+
+
+def test_tune_refuses_a_non_classifier_before_touching_it(converted, tmp_path):
+    target = tmp_path / "features"
+    shutil.copytree(converted[("bert", "feature-extraction")], target)
+    before = (target / "model.onnx").read_bytes()
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n')
+    with pytest.raises(LatexportError, match="does feature-extraction; tune needs a classification"):
+        tune(target, str(data), max_drop=0.01, powers=(1.0, 3.0))
+    with pytest.raises(LatexportError, match="does not exist"):
+        tune(tmp_path / "missing", str(data), max_drop=0.01)
+    assert (target / "model.onnx").read_bytes() == before

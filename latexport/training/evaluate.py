@@ -386,6 +386,9 @@ def tune(
     if (max_drop is None) == (target_speedup is None):
         raise LatexportError("give exactly one of --max-drop or --target-speedup")
     model_path = Path(model_dir) / MODEL_FILE
+    if not model_path.is_file():
+        raise LatexportError(f"{model_path} does not exist; give a directory written by latexport convert")
+    _require_classifier(model_path)
     current = profile_of(model_path).power
     tried = sorted({float(p) for p in powers}) if powers else [current]
     for power in tried:
@@ -429,6 +432,16 @@ def render_powers(result: TuneResult, max_drop: Optional[float] = None, target_s
         marker = "  <- chosen" if power == result.power else ""
         lines.append(f"  power {power:<4g} keep_ratio {ratio:<5g} {describe(evaluation, row)}, {row.speedup:.2f}x{marker}")
     return "\n".join(lines)
+
+
+def _require_classifier(model_path: Path) -> None:
+    """Refuse a file tune cannot evaluate before any power is written or tried."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+    task = props.get(PREFIX + "task")
+    if task != "text-classification":
+        raise LatexportError(f"{model_path.parent} does {task}; tune needs a classification or regression model")
 
 
 def _curve(evaluation: Evaluation) -> list[dict]:
