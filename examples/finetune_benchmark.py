@@ -50,7 +50,7 @@ from latexport.runtime.session import LatencyAdjustableSession
 from latexport.runtime.timing import interleaved
 from latexport.training.corpora import splits, subsampled
 from latexport.training.data import read_examples
-from latexport.training.evaluate import TUNING_RATIOS, choose_ratio, evaluate, render, tune, write_metadata
+from latexport.training.evaluate import TUNING_RATIOS, evaluate, render, tune, write_metadata
 from latexport.training.finetune import FinetuneSettings, finetune
 
 RESULTS = Path(__file__).resolve().parent.parent / "graphs" / "finetune-matrix"
@@ -206,8 +206,7 @@ def run_cell(cell: Cell) -> dict:
             tuned = tune(model_dir, str(files["validation"]), max_drop=MAX_DROP, batch_size=task.eval_batch)
             result["tuned"] = {"keep_ratio": tuned.keep_ratio, "power": tuned.power, "constraint": tuned.constraint,
                                "note": tuned.note, "validation": evaluation_record(tuned.evaluation),
-                               "by_power": {f"{power:g}": choose_ratio(each, max_drop=MAX_DROP)[0]
-                                            for power, each in tuned.evaluations.items()}}
+                               "by_power": {f"{power:g}": ratio for power, ratio in tuned.choices.items()}}
         if cell.lat and precision == "int8":  # the int8 file runs the profile tune chose
             reprofile(model_dir / "model.onnx", result["tuned"]["power"])
         ratios = (LAT_RATIOS if cell.lat

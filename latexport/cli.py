@@ -430,7 +430,7 @@ def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop,
                              powers=powers or None)
     click.echo(evaluation.render(result.evaluation))
     if len(result.evaluations) > 1:
-        click.echo(evaluation.render_powers(result, max_drop, target_speedup))
+        click.echo(evaluation.render_powers(result))
     row = result.evaluation.row(result.keep_ratio)
     click.echo(
         f"chose power {result.power:g}, keep_ratio {result.keep_ratio:g} ({result.constraint}): "

@@ -153,10 +153,15 @@ def test_choose_profile_takes_the_fastest_power_whose_ratio_fits():
 
     flat = _curve([(1.0, 0.9, 1.0), (0.5, 0.9, 1.3), (0.2, 0.7, 1.9)])
     steep = _curve([(1.0, 0.9, 1.0), (0.5, 0.9, 1.1), (0.2, 0.9, 1.6)])
-    power, ratio, _, _ = choose_profile({1.0: flat, 3.0: steep}, max_drop=0.01)
-    assert (power, ratio) == (3.0, 0.2)
-    power, ratio, _, _ = choose_profile({1.0: flat, 3.0: steep}, target_speedup=1.5)
-    assert (power, ratio) == (3.0, 0.2)  # the most accurate of the ratios reaching 1.5x
+    power, choices = choose_profile({1.0: flat, 3.0: steep}, max_drop=0.01)
+    assert power == 3.0 and choices[3.0][0] == 0.2 and choices[1.0][0] == 0.5
+    power, choices = choose_profile({1.0: flat, 3.0: steep}, target_speedup=1.5)
+    assert (power, choices[power][0]) == (3.0, 0.2)  # the most accurate of the ratios reaching 1.5x
+    # a power whose curve never reaches the target is left out, not fatal
+    power, choices = choose_profile({1.0: flat, 3.0: steep}, target_speedup=1.8)
+    assert (power, choices[power][0]) == (1.0, 0.2) and set(choices) == {1.0}
+    with pytest.raises(LatexportError, match="power 1: .*power 3: "):
+        choose_profile({1.0: flat, 3.0: steep}, target_speedup=5)
 
 
 def test_tune_chooses_a_power_writes_it_and_the_session_runs_it(model_copy, tmp_path):
@@ -167,6 +172,7 @@ def test_tune_chooses_a_power_writes_it_and_the_session_runs_it(model_copy, tmp_
     data = write(tmp_path / "data.jsonl", rows)
     result = tune(model_copy, data, max_drop=0.05, keep_ratios=(1.0, 0.4, 0.1), batch_size=8, powers=(1.0, 3.0))
     assert set(result.evaluations) == {1.0, 3.0} and result.power in (1.0, 3.0)
+    assert result.choices[result.power] == result.keep_ratio
     session = LatencyAdjustableSession(model_copy)
     assert session.metadata.profile.power == result.power and session.default_keep_ratio == result.keep_ratio
     assert session.metadata.tuning["power"] == result.power and set(session.metadata.tuning["powers"]) == {"1", "3"}

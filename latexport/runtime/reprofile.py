@@ -92,12 +92,11 @@ def reprofile(
 
 def exponent_nodes(graph, profile: EliminationProfile, model_path: Path) -> list:
     """The per-layer ``Pow`` nodes, in layer order, checked against ``profile``."""
-    constants = _constant_values(graph)
     sanitised = _sanitised_ratio_values(graph)
+    pows = [node for node in graph.node if node.op_type == "Pow" and node.input[0] in sanitised]
+    constants = _constant_values(graph, {node.input[1] for node in pows})
     found = []
-    for node in graph.node:
-        if node.op_type != "Pow" or node.input[0] not in sanitised:
-            continue
+    for node in pows:
         value = constants.get(node.input[1])
         if value is None or value.size != 1:
             raise ReprofileError(f"{model_path}: the keep_ratio Pow {node.name!r} has no constant scalar exponent")
@@ -125,22 +124,28 @@ def _recorded_profile(proto, model_path: Path) -> EliminationProfile:
     return EliminationProfile.from_json(props[PROFILE_KEY])
 
 
-def _constant_values(graph) -> dict[str, np.ndarray]:
+def _constant_values(graph, names: set[str]) -> dict[str, np.ndarray]:
+    """The values of the constants among ``names`` (initializers or Constant nodes);
+    only these are converted, not the model's weights."""
     import onnx
 
-    values = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    values = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer if tensor.name in names}
     for node in graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.output[0] in names:
             for attribute in node.attribute:
                 if attribute.name == "value":
                     values[node.output[0]] = onnx.numpy_helper.to_array(attribute.t)
     return values
 
 
+def _constant_names(graph) -> set[str]:
+    return {tensor.name for tensor in graph.initializer} | {node.output[0] for node in graph.node if node.op_type == "Constant"}
+
+
 def _sanitised_ratio_values(graph) -> set[str]:
     """Values computed from keep_ratio alone (casts, the NaN guard, the clamp), before any
     other data enters: the bases of the per-layer Pow nodes."""
-    constants = set(_constant_values(graph))
+    constants = _constant_names(graph)
     reached = {KEEP_RATIO_INPUT}
     changed = True
     while changed:

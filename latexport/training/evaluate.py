@@ -276,8 +276,10 @@ class TuneResult:
     evaluation: Evaluation
     note: Optional[str] = None
     power: Optional[float] = None
-    """The profile power chosen; ``evaluations`` holds each power tried."""
+    """The profile power chosen; ``evaluations`` holds each power tried, ``choices``
+    the ratio each power's own curve chose."""
     evaluations: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
 
 
 def choose_ratio(
@@ -347,26 +349,32 @@ def _examples_needed(evaluation: Evaluation, row: RatioResult, max_drop: float) 
 
 def choose_profile(
     evaluations: dict[float, Evaluation], max_drop: Optional[float] = None, target_speedup: Optional[float] = None
-) -> tuple[float, float, str, Optional[str]]:
-    """(power, ratio, constraint, note): ``choose_ratio``'s rule applied to every power's
-    curve, then the fastest of the winners (under ``target_speedup``, the most accurate).
+) -> tuple[float, dict[float, tuple[float, str, Optional[str]]]]:
+    """The chosen power, and each power's own (ratio, constraint, note) by ``choose_ratio``.
 
-    Each curve's speedups are against its own keep_ratio 1, which is the same
-    computation at any power, so they compare across powers.
+    The chosen power is the one whose ratio is fastest (under ``target_speedup``,
+    the most accurate); a power whose curve cannot reach ``target_speedup`` is left
+    out, and only when none can is that an error.  Each curve's speedups are
+    against its own keep_ratio 1, the same computation at any power, so they
+    compare across powers.
     """
     if not evaluations:
         raise LatexportError("no profile was evaluated")
-    chosen = {}
+    choices, refusals = {}, []
     for power, evaluation in evaluations.items():
-        ratio, constraint, note = choose_ratio(evaluation, max_drop, target_speedup)
-        chosen[power] = (evaluation.row(ratio), constraint, note)
-    if max_drop is not None:
-        power = max(chosen, key=lambda p: chosen[p][0].speedup)
-    else:
-        metric = next(iter(evaluations.values())).metric
-        power = max(chosen, key=lambda p: (chosen[p][0].metrics[metric], chosen[p][0].speedup))
-    row, constraint, note = chosen[power]
-    return power, row.keep_ratio, constraint, note
+        try:
+            choices[power] = choose_ratio(evaluation, max_drop, target_speedup)
+        except LatexportError as error:
+            refusals.append(f"power {power:g}: {error}")
+    if not choices:
+        raise LatexportError("; ".join(refusals))
+    metric = next(iter(evaluations.values())).metric
+
+    def merit(power: float):
+        row = evaluations[power].row(choices[power][0])
+        return row.speedup if max_drop is not None else (row.metrics[metric], row.speedup)
+
+    return max(choices, key=merit), choices
 
 
 def tune(
@@ -400,7 +408,8 @@ def tune(
                 _with_power(Path(model_dir), power, Path(scratch) / f"power-{power:g}", current),
                 data, columns, keep_ratios, batch_size, threads,
             )
-    power, ratio, constraint, note = choose_profile(evaluations, max_drop, target_speedup)
+    power, choices = choose_profile(evaluations, max_drop, target_speedup)
+    ratio, constraint, note = choices[power]
     evaluation = evaluations[power]
     for each in evaluations.values():
         each.model_dir = str(model_dir)
@@ -420,14 +429,18 @@ def tune(
         reprofile(model_path, power, metadata={PREFIX + key: value for key, value in values.items()})
     else:
         write_metadata(model_path, values)
-    return TuneResult(ratio, constraint, evaluation, note, power, evaluations)
+    return TuneResult(ratio, constraint, evaluation, note, power, evaluations,
+                      {each: choice[0] for each, choice in choices.items()})
 
 
-def render_powers(result: TuneResult, max_drop: Optional[float] = None, target_speedup: Optional[float] = None) -> str:
-    """One line per power tried: the ratio its own curve would choose, and what that gives."""
+def render_powers(result: TuneResult) -> str:
+    """One line per power tried: the ratio its own curve chose, and what that gives."""
     lines = ["profile powers tried (each curve on the same data; speedups against its own keep_ratio 1):"]
     for power, evaluation in sorted(result.evaluations.items()):
-        ratio, _, _ = choose_ratio(evaluation, max_drop, target_speedup)
+        if power not in result.choices:
+            lines.append(f"  power {power:<4g} reached no ratio meeting the constraint")
+            continue
+        ratio = result.choices[power]
         row = evaluation.row(ratio)
         marker = "  <- chosen" if power == result.power else ""
         lines.append(f"  power {power:<4g} keep_ratio {ratio:<5g} {describe(evaluation, row)}, {row.speedup:.2f}x{marker}")
