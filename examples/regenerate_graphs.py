@@ -23,6 +23,7 @@ SCRIPTS = (
     "speed_bert_base.py",
     "speed_t5_base.py",
     "smollm2_austen.py",
+    "long_prompts.py",
     "latency_budget.py",
 )
 

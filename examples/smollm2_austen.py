@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from latexport.assets import cache_dir, smollm2_checkpoint
-from latexport.bench.generation import bench_generation
+from latexport.bench.generation import bench_generation, continuation_nll
 from latexport.export import convert
 from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
 from latexport.runtime.generation import CausalGenerator
@@ -72,24 +72,16 @@ def held_out_spans(held_out: list[list[int]], count: int, length: int) -> list[l
     return spans
 
 
-def continuation_nll(generator: CausalGenerator, span: list[int], prompt_tokens: int, keep_ratio: float) -> tuple[float, int]:
+def continuation_nll_of(generator: CausalGenerator, span: list[int], prompt_tokens: int, keep_ratio: float) -> tuple[float, int]:
     """Summed negative log-likelihood of the continuation given the pruned prompt pass."""
-    prompt = np.array([span[:prompt_tokens]], dtype=np.int64)
-    continuation = np.array([span[prompt_tokens:]], dtype=np.int64)
-    first_logits, cache = generator.prefill({"input_ids": prompt, "attention_mask": np.ones_like(prompt)}, keep_ratio)
-    positions = np.arange(prompt_tokens, prompt_tokens + continuation.shape[1], dtype=np.int64)[None, :]
-    step_logits = generator.decoder_with_past.run(["logits"], {"input_ids": continuation, "position_ids": positions, **cache})[0]
-    logits = np.concatenate([first_logits[:, None, :], step_logits[:, :-1, :]], axis=1)[0].astype(np.float64)
-    log_probs = logits - logits.max(axis=-1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(continuation.shape[1]), continuation[0]].sum()), continuation.shape[1]
+    return continuation_nll(generator, span[:prompt_tokens], span[prompt_tokens:], keep_ratio), len(span) - prompt_tokens
 
 
 def perplexities(model_dir: Path, spans: list[list[int]], prompt_tokens: int, threads: int) -> dict[float, float]:
     generator = CausalGenerator(model_dir, intra_op_threads=threads)
     result = {}
     for ratio in RATIOS:
-        totals = [continuation_nll(generator, span, prompt_tokens, ratio) for span in spans]
+        totals = [continuation_nll_of(generator, span, prompt_tokens, ratio) for span in spans]
         result[ratio] = float(np.exp(sum(nll for nll, _ in totals) / sum(count for _, count in totals)))
     return result
 

@@ -120,8 +120,8 @@ def test_reference_primitives_follow_the_method():
     probs = np.array([[[0.5, 0.5, 0.0], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]])  # one head, [query, key]
     np.testing.assert_allclose(reference_acc(probs, causal=False), [0.8, 0.8, 1.4])
     np.testing.assert_allclose(reference_acc(probs, causal=True), [0.8 / 3, 0.8 / 2, 1.4])
-    assert reference_pick(np.array([0.8, 0.8, 1.4]), 2, None).tolist() == [0, 2]  # tie: the lower position
-    assert reference_pick(np.array([0.8, 0.8, 1.4]), 2, 1).tolist() == [1, 2]  # pinned survives
+    assert reference_pick(np.array([0.8, 0.8, 1.4]), 2, np.zeros(3)).tolist() == [0, 2]  # tie: the lower position
+    assert reference_pick(np.array([0.8, 0.8, 1.4]), 2, np.array([0, 3, 0])).tolist() == [1, 2]  # pinned survives
     assert reference_keep_count(10, 10, 0.5, 1.0) == 5
     assert reference_keep_count(10, 3, 0.5, 1.0) == 3  # never more than alive
     assert reference_keep_count(10, 10, 0.0, 1.0) == 1  # at least one

@@ -64,6 +64,7 @@ from latexport.runtime.errors import SettingsError, ValidationError
 from latexport.runtime.estimate import FlopsModel
 from latexport.runtime.metadata import ENCODER_MASK_OUTPUT, ModelMetadata
 from latexport.runtime.profile import DEFAULT_POWER, EliminationProfile
+from latexport.runtime.scoring import ScoringRule
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,12 @@ class ConvertResult:
     variant_report: Optional[VariantReport] = None
 
 
-def build_model(loaded: LoadedCheckpoint, power: float = DEFAULT_POWER, pooling: str = "mean") -> LatencyAdjustableModel:
+def build_model(
+    loaded: LoadedCheckpoint, power: float = DEFAULT_POWER, pooling: str = "mean", scoring: Optional[ScoringRule] = None
+) -> LatencyAdjustableModel:
     shape = loaded.family.layer_shape(loaded.config)
     profile = EliminationProfile(num_layers=shape.num_layers, power=power)
-    return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling).eval()
+    return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling, scoring=scoring).eval()
 
 
 def describe(
@@ -130,6 +133,7 @@ def describe(
         problem_type=loaded.problem_type,
         source=source,
         optimizations=list(optimizations),
+        scoring=lat.scoring,
         generation=generation_settings(loaded) if loaded.task in (TASK_TEXT2TEXT, TASK_GENERATION) else None,
     )
 
@@ -237,6 +241,7 @@ def convert(
     optimize: Union[bool, str, None] = None,
     quantize: Optional[str] = None,
     fp16: bool = False,
+    scoring: Optional[ScoringRule] = None,
 ) -> ConvertResult:
     """Convert ``checkpoint`` into ``out_dir`` (model.onnx + tokenizer + config).
 
@@ -245,7 +250,9 @@ def convert(
     ``fp16`` halves the float tensors (for CUDA), each after the float32 graph
     has been validated (see ``latexport.export.optimize``).  Raises
     ``ValidationError`` (and writes nothing) when the graph does not match its
-    references, unless ``keep_invalid``.
+    references, unless ``keep_invalid``.  ``scoring`` replaces the family's rule
+    for which word-vectors survive (``latexport.runtime.scoring``); the file
+    records the one it uses.
     """
     if quantize is not None and quantize not in QUANTIZATION_MODES:
         raise SettingsError(f"quantize must be one of {QUANTIZATION_MODES}, got {quantize!r}")
@@ -263,7 +270,8 @@ def convert(
             "directory's decoder graph would stay float32 and unfused, so they are not offered for it yet"
         )
     power = power if power is not None else finetuned_power(checkpoint) or DEFAULT_POWER
-    lat = build_model(loaded, power=power, pooling=pooling or sentence_transformers_pooling(checkpoint) or "mean")
+    pooling = pooling or sentence_transformers_pooling(checkpoint) or "mean"
+    lat = build_model(loaded, power=power, pooling=pooling, scoring=scoring)
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint
     metadata = describe(loaded, lat, source, describe_variant(optimize, quantize, fp16))
     variant_report = None

@@ -24,6 +24,7 @@ from latexport.export.selection import (
     keep_counts,
     real_tokens_first,
     relative_position_bias,
+    protection_bonus,
     sanitize_keep_ratio,
     select_tokens,
     select_tokens_and_bias,
@@ -31,6 +32,7 @@ from latexport.export.selection import (
     select_tokens_for_export,
 )
 from latexport.runtime.profile import EliminationProfile
+from latexport.runtime.scoring import ScoringRule
 
 POOLINGS = ("mean", "cls")
 
@@ -65,6 +67,7 @@ class LatencyAdjustableModel(nn.Module):
         profile: EliminationProfile,
         task: str = TASK_CLASSIFICATION,
         pooling: str = "mean",
+        scoring: Optional[ScoringRule] = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -79,6 +82,9 @@ class LatencyAdjustableModel(nn.Module):
         self.task = task
         self.pooling = pooling
         self.exponents = profile.exponents()
+        #: Which word-vectors each layer keeps (``latexport.runtime.scoring``); None: the family's rule for the task.
+        self.scoring = family.scoring_rule(task) if scoring is None else scoring
+        self.scoring.check(family.layer_shape(hf_model.config).num_heads, family.causal)
 
     def use_profile(self, profile: EliminationProfile) -> None:
         """Drop by another profile of the same depth from the next call on (training
@@ -120,6 +126,7 @@ class LatencyAdjustableModel(nn.Module):
         distance_table = family.relative_position_table(core, width, hidden.dtype)
         bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
         kept_positions, cache_masks = [], []
+        rule = self.scoring
         for layer, exponent in zip(family.layers(core), self.exponents):
             if cache is not None:
                 cache_masks.append(valid.to(torch.int64))
@@ -127,9 +134,12 @@ class LatencyAdjustableModel(nn.Module):
             mixed, probs = family.attend(layer, hidden, attention_inputs, cache)
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
             always_keep = family.always_keep(valid)
+            bonus = None
+            if rule.protects:
+                bonus = protection_bonus(positions, valid, valid_lengths, rule.sinks, rule.recent)
             if bias is None:
                 hidden, mixed, valid, positions = select(
-                    probs, valid, always_keep, keep, hidden, mixed, positions, family.causal
+                    probs, valid, always_keep, keep, hidden, mixed, positions, family.causal, rule.last_queries, bonus
                 )
             else:
                 hidden, mixed, valid, positions, bias = select_with_bias(

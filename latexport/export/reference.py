@@ -12,8 +12,10 @@ catch a bug in the selection.  This module shares no code with
   forward hook reads the attention probabilities its own attention module
   returns;
 * ACC is summed in numpy over heads and queries (in a causal layer divided
-  by the number of queries that can see each key), the head's token is
-  pinned, and the kept set is a stable sort, ties to the lower position;
+  by the number of queries that can see each key; under a rule counting the
+  last W queries, over those rows alone), the head's token is pinned, the
+  scoring rule's sinks and recent tokens rank next, in tiers, and the kept
+  set is a stable sort, ties to the lower position;
 * the layer's output rows of the kept word-vectors go on to the next layer.
 
 Dropping after the whole layer equals latexport's drop after the attention
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from latexport.runtime.profile import CEIL_SLACK
+from latexport.runtime.scoring import ScoringRule
 
 
 @dataclass
@@ -54,20 +57,30 @@ def reference_keep_count(length: int, alive: int, keep_ratio: float, exponent: f
     return min(max(wanted, 1), alive)
 
 
-def reference_acc(probs: np.ndarray, causal: bool) -> np.ndarray:
-    """[n] ACC from one row's [H, n, n] probabilities (query, key)."""
-    scores = probs.astype(np.float64).sum(axis=(0, 1))
+def reference_acc(probs: np.ndarray, causal: bool, last_queries: int = 0) -> np.ndarray:
+    """[n] ACC from one row's [H, n, n] probabilities (query, key); with ``last_queries``
+    W > 0, from the last W query rows only, unnormalised."""
+    probs = probs.astype(np.float64)
+    if last_queries > 0:
+        return probs[:, -last_queries:, :].sum(axis=(0, 1))
+    scores = probs.sum(axis=(0, 1))
     if causal:
         scores = scores / (len(scores) - np.arange(len(scores)))  # key j is seen by queries j..n-1
     return scores
 
 
-def reference_pick(scores: np.ndarray, keep: int, pinned: Optional[int]) -> np.ndarray:
-    """Indices of the ``keep`` best scores, ascending; ties go to the lower index."""
-    scores = scores.copy()
+def reference_tiers(positions: np.ndarray, length: int, pinned: Optional[int], sinks: int, recent: int) -> np.ndarray:
+    """[n] rank tier of each alive word-vector: 3 the head's token, 2 a sink
+    (position < sinks), 1 a recent one (position >= length - recent), 0 the rest."""
+    tiers = np.where(positions < sinks, 2, np.where(positions >= length - recent, 1, 0))
     if pinned is not None:
-        scores[pinned] = np.inf
-    order = np.argsort(-scores, kind="stable")
+        tiers[pinned] = 3
+    return tiers
+
+
+def reference_pick(scores: np.ndarray, keep: int, tiers: np.ndarray) -> np.ndarray:
+    """Indices of the ``keep`` best by (tier, then score), ascending; ties go to the lower index."""
+    order = np.lexsort((np.arange(len(scores)), -scores, -tiers))
     return np.sort(order[:keep])
 
 
@@ -252,10 +265,12 @@ def reference_row(
     keep_ratio: float,
     token_type_ids: Optional[np.ndarray] = None,
     pooling: str = "mean",
+    scoring: ScoringRule = ScoringRule(),
 ) -> RowReference:
     """One row of real tokens (no padding) through the pruned pass; ``task`` as in
     ``latexport.export.families`` (text-classification, feature-extraction,
-    text2text-generation, text-generation)."""
+    text2text-generation, text-generation); ``scoring`` the rule that chooses
+    the survivors (``latexport.runtime.scoring``: a data class, not code)."""
     architecture = ARCHITECTURES[model.config.model_type]
     keep_ratio = 1.0 if math.isnan(keep_ratio) else min(max(float(keep_ratio), 0.0), 1.0)
     ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))[None]
@@ -279,7 +294,9 @@ def reference_row(
             alive = len(positions)
             pinned = {"first": 0, "last": alive - 1, None: None}[architecture.pinned]
             keep = reference_keep_count(length, alive, keep_ratio, exponent)
-            kept = reference_pick(reference_acc(probs, architecture.causal), keep, pinned)
+            scores = reference_acc(probs, architecture.causal, scoring.last_queries)
+            tiers = reference_tiers(positions, length, pinned, scoring.sinks, scoring.recent)
+            kept = reference_pick(scores, keep, tiers)
             hidden = hidden[:, torch.from_numpy(kept)]
             positions = positions[kept]
             kept_positions.append(positions.copy())
@@ -296,7 +313,8 @@ def reference_row(
 
 
 def reference_batch(
-    model, task: str, exponents: Sequence[float], feed: dict[str, np.ndarray], keep_ratio: float, pooling: str = "mean"
+    model, task: str, exponents: Sequence[float], feed: dict[str, np.ndarray], keep_ratio: float, pooling: str = "mean",
+    scoring: ScoringRule = ScoringRule(),
 ) -> list[RowReference]:
     """Every row of a padded batch (either side, any width), each run alone on its real tokens."""
     rows = []
@@ -305,7 +323,7 @@ def reference_batch(
         rows.append(
             reference_row(
                 model, task, exponents, feed["input_ids"][row][mask], keep_ratio,
-                None if types is None else types[row][mask], pooling,
+                None if types is None else types[row][mask], pooling, scoring,
             )
         )
     return rows

@@ -12,11 +12,12 @@ word-vectors kept (the widest sample's count), ``D`` hidden size.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from latexport.runtime.profile import CEIL_SLACK
+from latexport.runtime.scoring import RECENT_BONUS, SINK_BONUS
 
 
 def sanitize_keep_ratio(keep_ratio: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,7 @@ def real_tokens_first(valid: torch.Tensor) -> torch.Tensor:
     return torch.remainder(torch.topk(order_key, width, dim=1, largest=False).values, width)
 
 
-def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False) -> torch.Tensor:
+def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False, last_queries: int = 0) -> torch.Tensor:
     """Attention Context Contribution of every key: the probability it receives,
     summed over heads and over valid queries.
 
@@ -69,16 +70,45 @@ def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False) -
     divided by the number of valid queries that can see it (the mean
     contribution per query that can attend to it).
 
-    A [B, 1, 1, N] query-validity row times the [B, H, N, N] probabilities is one
+    ``last_queries`` W > 0 counts only each row's last W valid queries
+    (``latexport.runtime.scoring``): in a prompt pass those are the positions
+    that predict what comes next, and every key before them is seen by all of
+    them, so no normalisation is needed.
+
+    A [B, 1, 1, N] query-weight row times the [B, H, N, N] probabilities is one
     pass over them; a ReduceSum over the probabilities themselves measured
     25x slower in ONNX Runtime (8.3 ms against 0.2 ms at 12 heads x 512).
     """
-    query_weights = valid.to(probs.dtype).unsqueeze(1).unsqueeze(1)
+    counted = valid
+    if last_queries > 0:
+        # Alive rows are packed real tokens first: a query's rank from its row's end.
+        from_end = valid.sum(dim=1, keepdim=True) - torch.cumsum(valid.to(torch.int64), dim=1)
+        counted = torch.logical_and(valid, from_end < last_queries)
+    query_weights = counted.to(probs.dtype).unsqueeze(1).unsqueeze(1)
     scores = torch.matmul(query_weights, probs).sum(dim=[1, 2])
-    if causal:
+    if causal and last_queries == 0:
         seen_by = torch.flip(torch.cumsum(torch.flip(valid.to(probs.dtype), [1]), dim=1), [1])
         scores = scores / seen_by.clamp(min=1.0)
     return scores
+
+
+def protection_bonus(
+    positions: torch.Tensor, valid: torch.Tensor, valid_lengths: torch.Tensor, sinks: int, recent: int
+) -> torch.Tensor:
+    """[B, N] float64 added to the scores: ``SINK_BONUS`` for a row's first ``sinks``
+    tokens, ``RECENT_BONUS`` for its last ``recent`` (by original position).
+
+    Both exceed any score (``ScoringRule.check``), so those tokens are kept before
+    any scored one; when the layer keeps fewer than are protected, sinks go
+    first and the recent ones compete among themselves on their scores.  In
+    float64 a float32 score plus the bonus is exact, so the ranking within a
+    tier is the scores' own, as the independent reference ranks them.
+    """
+    sink = torch.logical_and(valid, positions < sinks)
+    near_end = torch.logical_and(valid, positions.to(torch.float32) >= valid_lengths.unsqueeze(1) - float(recent))
+    zero = torch.zeros(positions.shape, dtype=torch.float64, device=positions.device)
+    # A sink that is also recent is a sink: one tier each, so that ties within a tier stay ties.
+    return torch.where(sink, zero + SINK_BONUS, torch.where(near_end, zero + RECENT_BONUS, zero))
 
 
 def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -133,11 +163,15 @@ def drop_tokens(
     positions: torch.Tensor,
     widest: torch.Tensor,
     causal: bool = False,
+    last_queries: int = 0,
+    bonus: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
     the indices into this layer's N, for state that must follow the survivors."""
     batch, width = valid.shape
-    scores = acc_scores(probs, valid, causal)
+    scores = acc_scores(probs, valid, causal, last_queries)
+    if bonus is not None:
+        scores = scores.to(torch.float64) + bonus
     always_keep = torch.logical_and(always_keep, valid)  # a pinned column that is padding stays padding
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
     kept, kept_valid = rank_and_pick(scores, keep, int(widest))
@@ -161,6 +195,8 @@ def select_tokens(
     mixed: torch.Tensor,
     positions: torch.Tensor,
     causal: bool = False,
+    last_queries: int = 0,
+    bonus: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop the word-vectors with the lowest ACC after a layer's attention.
 
@@ -171,6 +207,7 @@ def select_tokens(
     residual, mixed: [B, N, D] the layer's input and its attention output.
     positions:   [B, N] int64 original position of each word-vector.
     causal:      the layer's attention is causal (``acc_scores``).
+    last_queries, bonus: the scoring rule (``acc_scores``, ``protection_bonus``).
 
     When every sample keeps all it has and the tensor has no spare width, the
     layer is left untouched: the exported If skips scoring and gathers, so a
@@ -180,7 +217,7 @@ def select_tokens(
     if bool(keeps_everything(valid, keep, widest)):
         return residual, mixed, valid, positions
     residual, mixed, kept_valid, positions, _ = drop_tokens(
-        probs, valid, always_keep, keep, residual, mixed, positions, widest, causal
+        probs, valid, always_keep, keep, residual, mixed, positions, widest, causal, last_queries, bonus
     )
     return residual, mixed, kept_valid, positions
 

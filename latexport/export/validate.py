@@ -213,7 +213,7 @@ def independent_check(
     got: np.ndarray, got_kept: list[np.ndarray], atol: float,
 ) -> Check:
     """The ONNX outputs and kept sets of every row against ``latexport.export.reference``."""
-    rows = reference_batch(loaded.model, loaded.task, lat.exponents, feed, ratio, lat.pooling or "mean")
+    rows = reference_batch(loaded.model, loaded.task, lat.exponents, feed, ratio, lat.pooling or "mean", lat.scoring)
     worst, mismatch = 0.0, None
     for row, expected in enumerate(rows):
         output = got[row]

@@ -12,6 +12,7 @@ from typing import Optional
 
 from latexport.runtime.estimate import FlopsModel
 from latexport.runtime.profile import EliminationProfile
+from latexport.runtime.scoring import ScoringRule
 
 PREFIX = "latexport."
 #: The runtime input every converted graph takes its speed from.
@@ -54,6 +55,8 @@ class ModelMetadata:
     #: generation needs ({"decoder": file, "decoder_with_past": file,
     #: "decoder_start_token_id": int, "eos_token_id": int, "pad_token_id": int}).
     generation: Optional[dict] = None
+    #: Which word-vectors each layer keeps; files from before it was recorded used ACC over all queries.
+    scoring: ScoringRule = field(default_factory=ScoringRule)
 
     @property
     def output_names(self) -> list[str]:
@@ -81,6 +84,7 @@ class ModelMetadata:
             "pad_token_id": str(self.pad_token_id),
             "kept_positions_taps": json.dumps(self.kept_positions_taps),
             "default_keep_ratio": repr(float(self.default_keep_ratio)),
+            "scoring": self.scoring.to_json(),
         }
         if self.pooling:
             props["pooling"] = self.pooling
@@ -121,4 +125,5 @@ class ModelMetadata:
             source=own.get("source"),
             optimizations=list(json.loads(own.get("optimizations", "[]"))),
             generation=json.loads(own["generation"]) if "generation" in own else None,
+            scoring=ScoringRule.from_json(own["scoring"]) if "scoring" in own else ScoringRule(),
         )

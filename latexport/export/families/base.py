@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from latexport.runtime.scoring import ScoringRule
+
 TASK_CLASSIFICATION = "text-classification"
 TASK_FEATURES = "feature-extraction"
 #: Encoder-decoder generation: the exported encoder returns its kept states and their mask.
@@ -80,6 +82,10 @@ class EncoderFamily:
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification if task == TASK_CLASSIFICATION else AutoModel
+
+    def scoring_rule(self, task: str) -> ScoringRule:
+        """Which word-vectors a layer keeps for ``task`` (``latexport.runtime.scoring``): the paper's ACC."""
+        return ScoringRule()
 
     # --- the forward pass, in the order the layer loop calls it ---------
     def core(self, model: nn.Module) -> nn.Module:

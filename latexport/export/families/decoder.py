@@ -8,9 +8,11 @@
 * Causal mask: among the alive word-vectors, which stay in their original
   order, a query sees the keys at or before it; padding and surplus keys
   are masked.
-* ACC is normalised by the number of valid queries that can see each key
-  (``selection.acc_scores``), and the last real token is always kept: it
-  carries the next-token prediction and the classifier's input.
+* The last real token is always kept: it carries the next-token prediction
+  and the classifier's input.  A classifier scores by ACC normalised by the
+  number of valid queries that can see each key (``selection.acc_scores``);
+  a prompt pass by the attention of its last positions, with its first and
+  last tokens protected (``latexport.runtime.scoring``).
 * The drop follows the attention output projection (pre-LN blocks).
 """
 
@@ -24,6 +26,7 @@ from latexport.export.families.base import (
     TASK_GENERATION,
     EncoderFamily,
 )
+from latexport.runtime.scoring import DECODER_PROMPT_RULE, ScoringRule
 
 
 class DecoderFamily(EncoderFamily):
@@ -33,6 +36,10 @@ class DecoderFamily(EncoderFamily):
 
     def uses_token_type_ids(self, config) -> bool:
         return False
+
+    def scoring_rule(self, task: str) -> ScoringRule:
+        """A prompt pass keeps what the next tokens need (``DECODER_PROMPT_RULE``); a classifier, ACC."""
+        return DECODER_PROMPT_RULE if task == TASK_GENERATION else ScoringRule()
 
     def model_class(self, task: str):
         from transformers import (

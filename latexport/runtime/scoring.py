@@ -1,0 +1,104 @@
+"""The scoring rule: which word-vectors a layer keeps, once the profile has said how many.
+
+The paper's rule scores every word-vector by its Attention Context
+Contribution (ACC), the attention it receives summed over heads and all valid
+queries, and keeps the best.  That is ``ScoringRule()``, the rule of every
+encoder.
+
+A decoder's prompt pass has one job: the next tokens.  Its rule
+(``DECODER_PROMPT_RULE``) differs in three ways:
+
+* ``last_queries``: ACC counts only the attention of the prompt's last W
+  positions, the ones that predict what comes next.
+* ``sinks``: the first S tokens are always kept.  Decoders park attention on
+  them ("attention sinks"), and losing them shifts every later attention
+  distribution.
+* ``recent``: the last R tokens are kept before any scored one.  A
+  continuation leans on its recent context most.
+
+Measured with the published SmolLM2-135M (no fine-tuning) on 6 held-out
+Austen prompts of 1,024 tokens, perplexity of the next 64 tokens, eager
+PyTorch, at the same FLOPs-estimated speedups:
+
+===============================  =============  =============
+rule                             1.89x (p = 1)  2.03x (p = 2)
+===============================  =============  =============
+ACC over all queries (before)    +21.3%         +23.6%
+last 32, sinks 4, recent 64      +11.2%         +17.6%
+last 128, sinks 4, recent 128    +10.9%         +11.3%
+===============================  =============  =============
+
+Protected tokens rank by tiers: the head's token first (the graph's
+``always_keep``), then sinks, then recent tokens, then the rest by score.
+The graph realises the tiers by adding ``SINK_BONUS`` and ``RECENT_BONUS``
+to the scores, which is exact while every score stays below
+``RECENT_BONUS`` (``check``); within a tier, the scores decide.
+
+Numpy-free and torch-free: the runtime reads the rule from the file's
+metadata (``latexport.scoring``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from latexport.runtime.errors import SettingsError
+
+#: Added to a recent token's score, and to a sink's: each above any score a rule can give.
+RECENT_BONUS = 1.0e4
+SINK_BONUS = 2.0e4
+
+
+@dataclass(frozen=True)
+class ScoringRule:
+    #: 0: ACC over every valid query (the paper); W > 0: only each row's last W valid queries.
+    last_queries: int = 0
+    #: Each row's first ``sinks`` tokens are kept before any scored one.
+    sinks: int = 0
+    #: Each row's last ``recent`` tokens are kept before any scored one (after the sinks).
+    recent: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SettingsError(f"scoring rule: {name} must be a whole number >= 0, got {value!r}")
+
+    @property
+    def protects(self) -> bool:
+        return self.sinks > 0 or self.recent > 0
+
+    def check(self, num_heads: int, causal: bool) -> None:
+        """Refuse a rule whose scores could reach ``RECENT_BONUS`` in a model of this width.
+
+        A score is at most heads x counted queries (each query's probabilities sum
+        to 1); a causal rule over all queries divides by the queries that see the key.
+        """
+        if not self.protects:
+            return
+        if self.last_queries == 0 and not causal:
+            raise SettingsError("a scoring rule that protects tokens must count the last queries, or be causal")
+        bound = num_heads * (self.last_queries if self.last_queries else 1)
+        if bound >= RECENT_BONUS:
+            raise SettingsError(
+                f"scoring rule: {num_heads} heads x {self.last_queries} queries can score {bound}, "
+                f"not below the protection bonus {RECENT_BONUS:g}; count fewer queries"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ScoringRule":
+        fields = json.loads(text)
+        return cls(**{name: int(fields.get(name, 0)) for name in ("last_queries", "sinks", "recent")})
+
+    def describe(self) -> str:
+        if self == ScoringRule():
+            return "ACC over all queries"
+        queries = f"the last {self.last_queries} queries" if self.last_queries else "all queries"
+        return f"ACC over {queries}, first {self.sinks} and last {self.recent} tokens kept"
+
+
+#: The rule of a decoder's prompt pass (text-generation): module doc.
+DECODER_PROMPT_RULE = ScoringRule(last_queries=128, sinks=4, recent=128)

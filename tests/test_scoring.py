@@ -1,0 +1,127 @@
+"""The scoring rule of a decoder's prompt pass: the last queries' attention, sinks and a
+recent window, in the graph and in the independent reference."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from latexport.export import model as model_module
+from latexport.export.checkpoint import load_checkpoint
+from latexport.export.conversion import build_model, convert
+from latexport.export.families import family_named
+from latexport.export.reference import reference_acc, reference_pick, reference_tiers
+from latexport.export.selection import acc_scores, drop_tokens, protection_bonus
+from latexport.runtime.errors import SettingsError, ValidationError
+from latexport.runtime.metadata import ModelMetadata
+from latexport.runtime.scoring import DECODER_PROMPT_RULE, ScoringRule
+
+SMALL_RULE = ScoringRule(last_queries=4, sinks=2, recent=3)
+
+
+def packed_probs(seed: int, lengths: list[int], heads: int = 3):
+    """Causal attention probabilities of rows packed real tokens first, and their validity."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    valid = torch.tensor([[column < length for column in range(width)] for length in lengths])
+    logits = torch.randn(len(lengths), heads, width, width, generator=generator) * 3
+    allowed = torch.tril(torch.ones(width, width, dtype=torch.bool))[None, None] & valid[:, None, None, :]
+    probs = torch.softmax(logits.masked_fill(~allowed, -1e9), dim=-1)
+    return probs, valid
+
+
+def test_last_queries_count_only_each_rows_last_valid_queries():
+    probs, valid = packed_probs(0, [9, 6, 3])
+    scores = acc_scores(probs, valid, causal=True, last_queries=4)
+    for row, length in enumerate([9, 6, 3]):
+        queries = range(max(0, length - 4), length)
+        expected = sum(probs[row, :, query, :].sum(dim=0) for query in queries)
+        torch.testing.assert_close(scores[row, :length], expected[:length])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_graph_selection_ranks_like_the_independent_reference(seed):
+    """Pinned token, then sinks, then recent tokens, then the rest by score; every
+    keep count from 1 to the whole row, rows of different lengths."""
+    lengths = [11, 8, 5]
+    probs, valid = packed_probs(seed, lengths)
+    width = max(lengths)
+    positions = torch.arange(width).unsqueeze(0).expand(len(lengths), width)
+    valid_lengths = valid.sum(dim=1).to(torch.float32)
+    family = family_named("llama")
+    bonus = protection_bonus(positions, valid, valid_lengths, SMALL_RULE.sinks, SMALL_RULE.recent)
+    states = torch.randn(len(lengths), width, 2)
+    for keep_each in range(1, width + 1):
+        keep = torch.tensor([min(keep_each, length) for length in lengths])
+        _, _, kept_valid, kept_positions, _ = drop_tokens(
+            probs, valid, family.always_keep(valid), keep, states, states, positions, keep.max(), True,
+            SMALL_RULE.last_queries, bonus,
+        )
+        for row, length in enumerate(lengths):
+            row_probs = probs[row, :, :length, :length].numpy()
+            scores = reference_acc(row_probs, True, SMALL_RULE.last_queries)
+            tiers = reference_tiers(np.arange(length), length, length - 1, SMALL_RULE.sinks, SMALL_RULE.recent)
+            expected = reference_pick(scores, int(keep[row]), tiers)
+            got = kept_positions[row][kept_valid[row]].numpy()
+            assert got.tolist() == expected.tolist(), (keep_each, row)
+
+
+def test_tiers_protect_sinks_then_recent_tokens():
+    tiers = reference_tiers(np.arange(10), 10, 9, sinks=2, recent=3)
+    assert tiers.tolist() == [2, 2, 0, 0, 0, 0, 0, 1, 1, 3]
+    scores = np.array([0.0, 0.1, 9, 8, 7, 6, 5, 0.2, 0.3, 0.0])
+    assert reference_pick(scores, 3, tiers).tolist() == [0, 1, 9]
+    assert reference_pick(scores, 6, tiers).tolist() == [0, 1, 2, 7, 8, 9]
+
+
+def test_decoder_prompt_pass_uses_the_decoder_rule_and_classifiers_keep_acc():
+    decoder = family_named("llama")
+    assert decoder.scoring_rule("text-generation") == DECODER_PROMPT_RULE
+    assert decoder.scoring_rule("text-classification") == ScoringRule()
+    assert family_named("bert").scoring_rule("text-classification") == ScoringRule()
+
+
+def test_rule_checks_and_round_trip():
+    assert ScoringRule.from_json(DECODER_PROMPT_RULE.to_json()) == DECODER_PROMPT_RULE
+    with pytest.raises(SettingsError, match="whole number"):
+        ScoringRule(last_queries=-1)
+    with pytest.raises(SettingsError, match="not below the protection bonus"):
+        ScoringRule(last_queries=512, sinks=4).check(num_heads=32, causal=True)
+    with pytest.raises(SettingsError, match="must count the last queries"):
+        ScoringRule(sinks=4).check(num_heads=12, causal=False)
+    DECODER_PROMPT_RULE.check(num_heads=64, causal=True)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_small_rule_converts_validates_and_is_recorded(decoder_checkpoints, family, tmp_path):
+    result = convert(str(decoder_checkpoints[(family, "text-generation")]), tmp_path / "out", scoring=SMALL_RULE)
+    assert result.report.passed, result.report.render()
+    assert any(check.reference == "independent" for check in result.report.checks)
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "out" / "model.onnx")).metadata_props}
+    assert ModelMetadata.from_props(props).scoring == SMALL_RULE
+    # Every layer keeps the first two and the last three positions, even at a tiny ratio.
+    lat = build_model(load_checkpoint(str(decoder_checkpoints[(family, "text-generation")])), scoring=SMALL_RULE)
+    ids = torch.randint(3, 200, (1, 30))
+    with torch.no_grad():
+        kept = lat(ids, torch.ones_like(ids), None, 0.2).kept_positions
+    for layer in kept:
+        positions = set(layer[0][layer[0] >= 0].tolist())
+        assert {0, 1, 27, 28, 29} <= positions
+
+
+def test_default_rule_file_is_recorded(decoder_converted):
+    props = {p.key: p.value for p in onnx.load(str(decoder_converted[("llama", "text-generation")].out_dir / "model.onnx")).metadata_props}
+    assert ModelMetadata.from_props(props).scoring == DECODER_PROMPT_RULE
+    del props["latexport.scoring"]
+    assert ModelMetadata.from_props(props).scoring == ScoringRule()  # files from before the rule was recorded
+
+
+def test_a_graph_that_ignores_the_protection_fails_validation(decoder_checkpoints, tmp_path, monkeypatch):
+    """Planted bug: the exported pass (and our own PyTorch model with it) drops the
+    protection; only the independent reference can notice, and conversion must refuse."""
+    monkeypatch.setattr(model_module, "protection_bonus", lambda positions, valid, lengths, sinks, recent: torch.zeros(positions.shape, dtype=torch.float64))
+    with pytest.raises(ValidationError) as failure:
+        convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=SMALL_RULE)
+    failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]
+    assert failed and all("independent" in line for line in failed), failure.value.report
+    assert not (tmp_path / "bad").exists()
