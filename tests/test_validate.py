@@ -157,3 +157,14 @@ def test_every_family_was_validated_against_the_independent_reference(conversion
         assert {check.keep_ratio for check in independent} == {1.0, 0.75, 0.5, 0.25, 0.1}, key
         assert len(independent) == len(batches) * 5, key
         assert all(check.passed for check in independent), (key, result.report.render())
+
+
+def test_tolerance_is_atol_plus_a_relative_share_of_each_expected_value():
+    from latexport.export.validate import RTOL, _float_check
+
+    expected = np.array([20.0, 0.5])
+    assert _float_check("x", 0.5, "r", expected + [20 * RTOL + 0.9e-4, 0], expected, 1e-4).passed
+    assert not _float_check("x", 0.5, "r", expected + [20 * RTOL + 1.1e-4, 0], expected, 1e-4).passed
+    # The relative share is each element's own: a small logit gets no more than atol.
+    assert not _float_check("x", 0.5, "r", expected + [0, 1.1e-4], expected, 1e-4).passed
+    assert not _float_check("x", 0.5, "r", expected[:1], expected, 1e-4).passed  # shapes differ
