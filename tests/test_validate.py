@@ -159,12 +159,13 @@ def test_every_family_was_validated_against_the_independent_reference(conversion
         assert all(check.passed for check in independent), (key, result.report.render())
 
 
-def test_tolerance_is_atol_plus_a_relative_share_of_each_expected_value():
-    from latexport.export.validate import RTOL, _float_check
+def test_tolerance_is_atol_for_small_outputs_and_relative_for_large_ones():
+    from latexport.export.validate import VALUE_SCALE, _float_check
 
-    expected = np.array([20.0, 0.5])
-    assert _float_check("x", 0.5, "r", expected + [20 * RTOL + 0.9e-4, 0], expected, 1e-4).passed
-    assert not _float_check("x", 0.5, "r", expected + [20 * RTOL + 1.1e-4, 0], expected, 1e-4).passed
-    # The relative share is each element's own: a small logit gets no more than atol.
-    assert not _float_check("x", 0.5, "r", expected + [0, 1.1e-4], expected, 1e-4).passed
-    assert not _float_check("x", 0.5, "r", expected[:1], expected, 1e-4).passed  # shapes differ
+    large, small = np.array([30.0, -9.0]), np.array([0.5, -0.2])
+    allowed = 1e-4 * 30 / VALUE_SCALE
+    assert _float_check("x", 0.5, "r", large + [0, 0.99 * allowed], large, 1e-4).passed
+    assert not _float_check("x", 0.5, "r", large + [0, 1.01 * allowed], large, 1e-4).passed
+    assert not _float_check("x", 0.5, "r", small + [1.1e-4, 0], small, 1e-4).passed  # small outputs: atol itself
+    assert not _float_check("x", 0.5, "r", large + [1e-6, 0], large, 1e-30).passed  # a tiny atol stays strict
+    assert not _float_check("x", 0.5, "r", large[:1], large, 1e-4).passed  # shapes differ
