@@ -1,6 +1,8 @@
 """The scoring rule of a decoder's prompt pass: the last queries' attention, sinks and a
 recent window, in the graph and in the independent reference."""
 
+from typing import Optional
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +13,8 @@ from latexport.export.checkpoint import load_checkpoint
 from latexport.export.conversion import build_model, convert
 from latexport.export.families import family_named
 from latexport.export.reference import reference_acc, reference_pick, reference_tiers
-from latexport.export.selection import acc_scores, drop_tokens, protection_bonus
+from latexport.export import selection
+from latexport.export.selection import acc_scores, drop_tokens
 from latexport.runtime.errors import SettingsError, ValidationError
 from latexport.runtime.metadata import ModelMetadata
 from latexport.runtime.scoring import DECODER_PROMPT_RULE, ScoringRule
@@ -49,13 +52,12 @@ def test_graph_selection_ranks_like_the_independent_reference(seed):
     positions = torch.arange(width).unsqueeze(0).expand(len(lengths), width)
     valid_lengths = valid.sum(dim=1).to(torch.float32)
     family = family_named("llama")
-    bonus = protection_bonus(positions, valid, valid_lengths, SMALL_RULE.sinks, SMALL_RULE.recent)
     states = torch.randn(len(lengths), width, 2)
     for keep_each in range(1, width + 1):
         keep = torch.tensor([min(keep_each, length) for length in lengths])
         _, _, kept_valid, kept_positions, _ = drop_tokens(
             probs, valid, family.always_keep(valid), keep, states, states, positions, keep.max(), True,
-            SMALL_RULE.last_queries, bonus,
+            SMALL_RULE.last_queries, SMALL_RULE.sinks, SMALL_RULE.recent, valid_lengths,
         )
         for row, length in enumerate(lengths):
             row_probs = probs[row, :, :length, :length].numpy()
@@ -119,7 +121,12 @@ def test_default_rule_file_is_recorded(decoder_converted):
 def test_a_graph_that_ignores_the_protection_fails_validation(decoder_checkpoints, tmp_path, monkeypatch):
     """Planted bug: the exported pass (and our own PyTorch model with it) drops the
     protection; only the independent reference can notice, and conversion must refuse."""
-    monkeypatch.setattr(model_module, "protection_bonus", lambda positions, valid, lengths, sinks, recent: torch.zeros(positions.shape, dtype=torch.float64))
+    # The scripted selection the exporter traces, compiled without the protection.
+    def unprotected(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False, last_queries: int = 0,
+                    sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None):
+        return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries)
+    monkeypatch.setattr(model_module, "select_tokens", unprotected)
+    monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(unprotected))
     with pytest.raises(ValidationError) as failure:
         convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=SMALL_RULE)
     failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]

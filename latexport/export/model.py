@@ -24,7 +24,6 @@ from latexport.export.selection import (
     keep_counts,
     real_tokens_first,
     relative_position_bias,
-    protection_bonus,
     sanitize_keep_ratio,
     select_tokens,
     select_tokens_and_bias,
@@ -134,12 +133,10 @@ class LatencyAdjustableModel(nn.Module):
             mixed, probs = family.attend(layer, hidden, attention_inputs, cache)
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)
             always_keep = family.always_keep(valid)
-            bonus = None
-            if rule.protects:
-                bonus = protection_bonus(positions, valid, valid_lengths, rule.sinks, rule.recent)
             if bias is None:
                 hidden, mixed, valid, positions = select(
-                    probs, valid, always_keep, keep, hidden, mixed, positions, family.causal, rule.last_queries, bonus
+                    probs, valid, always_keep, keep, hidden, mixed, positions, family.causal,
+                    rule.last_queries, rule.sinks, rule.recent, valid_lengths,
                 )
             else:
                 hidden, mixed, valid, positions, bias = select_with_bias(

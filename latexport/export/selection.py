@@ -93,10 +93,12 @@ def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False, l
 
 
 def protection_bonus(
-    positions: torch.Tensor, valid: torch.Tensor, valid_lengths: torch.Tensor, sinks: int, recent: int
+    positions: torch.Tensor, valid: torch.Tensor, valid_lengths: torch.Tensor, sinks: int, recent: int,
+    sink_bonus: float = SINK_BONUS, recent_bonus: float = RECENT_BONUS,
 ) -> torch.Tensor:
     """[B, N] float64 added to the scores: ``SINK_BONUS`` for a row's first ``sinks``
-    tokens, ``RECENT_BONUS`` for its last ``recent`` (by original position).
+    tokens, ``RECENT_BONUS`` for its last ``recent`` (by original position; the
+    bonuses are arguments only because TorchScript cannot read module globals).
 
     Both exceed any score (``ScoringRule.check``), so those tokens are kept before
     any scored one; when the layer keeps fewer than are protected, sinks go
@@ -108,7 +110,7 @@ def protection_bonus(
     near_end = torch.logical_and(valid, positions.to(torch.float32) >= valid_lengths.unsqueeze(1) - float(recent))
     zero = torch.zeros(positions.shape, dtype=torch.float64, device=positions.device)
     # A sink that is also recent is a sink: one tier each, so that ties within a tier stay ties.
-    return torch.where(sink, zero + SINK_BONUS, torch.where(near_end, zero + RECENT_BONUS, zero))
+    return torch.where(sink, zero + sink_bonus, torch.where(near_end, zero + recent_bonus, zero))
 
 
 def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -164,14 +166,16 @@ def drop_tokens(
     widest: torch.Tensor,
     causal: bool = False,
     last_queries: int = 0,
-    bonus: Optional[torch.Tensor] = None,
+    sinks: int = 0,
+    recent: int = 0,
+    valid_lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
     the indices into this layer's N, for state that must follow the survivors."""
     batch, width = valid.shape
     scores = acc_scores(probs, valid, causal, last_queries)
-    if bonus is not None:
-        scores = scores.to(torch.float64) + bonus
+    if valid_lengths is not None and (sinks > 0 or recent > 0):
+        scores = scores.to(torch.float64) + protection_bonus(positions, valid, valid_lengths, sinks, recent)
     always_keep = torch.logical_and(always_keep, valid)  # a pinned column that is padding stays padding
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
     kept, kept_valid = rank_and_pick(scores, keep, int(widest))
@@ -196,7 +200,9 @@ def select_tokens(
     positions: torch.Tensor,
     causal: bool = False,
     last_queries: int = 0,
-    bonus: Optional[torch.Tensor] = None,
+    sinks: int = 0,
+    recent: int = 0,
+    valid_lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop the word-vectors with the lowest ACC after a layer's attention.
 
@@ -207,17 +213,19 @@ def select_tokens(
     residual, mixed: [B, N, D] the layer's input and its attention output.
     positions:   [B, N] int64 original position of each word-vector.
     causal:      the layer's attention is causal (``acc_scores``).
-    last_queries, bonus: the scoring rule (``acc_scores``, ``protection_bonus``).
+    last_queries, sinks, recent: the scoring rule (``acc_scores``, ``protection_bonus``),
+                 with ``valid_lengths`` [B] float32, each sample's original length.
 
     When every sample keeps all it has and the tensor has no spare width, the
-    layer is left untouched: the exported If skips scoring and gathers, so a
-    layer that keeps everything costs nothing extra.
+    layer is left untouched: the exported If skips scoring, protection and
+    gathers, so a layer that keeps everything costs nothing extra.
     """
     widest = keep.max()
     if bool(keeps_everything(valid, keep, widest)):
         return residual, mixed, valid, positions
     residual, mixed, kept_valid, positions, _ = drop_tokens(
-        probs, valid, always_keep, keep, residual, mixed, positions, widest, causal, last_queries, bonus
+        probs, valid, always_keep, keep, residual, mixed, positions, widest, causal, last_queries, sinks, recent,
+        valid_lengths,
     )
     return residual, mixed, kept_valid, positions
 

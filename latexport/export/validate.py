@@ -86,6 +86,8 @@ class ValidationReport:
                 f"{c.inputs:<14} {c.keep_ratio:>10.2f} {c.reference:<13} {c.max_abs_diff:>11.2e} {c.atol:>8.0e}  "
                 f"{kept:<11}  {'ok' if c.passed else 'FAILED'}"
             )
+            if c.excess is not None and c.excess < c.max_abs_diff:
+                lines[-1] += f" (scaled to the output's size: {c.excess:.2e})"
             if c.kept_mismatch:
                 lines.append(f"{'':<14} {c.kept_mismatch}")
         return "\n".join(lines)
