@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from latexport.assets import cache_dir, smollm2_checkpoint
-from latexport.bench.generation import continuation_nll
 from latexport.export import convert
 from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
 from latexport.runtime.generation import CausalGenerator
@@ -127,7 +126,7 @@ def measure(args, dirs: dict[str, Path], tokenizer, results: Results) -> dict:
                 spans = prompts(tokenizer, kind, args.prompts, length, args.scored)
                 for ratio in RATIOS:
                     def compute(spans=spans, ratio=ratio, length=length):
-                        return sum(continuation_nll(generator, span[:length], span[length:], ratio) for span in spans) / (
+                        return sum(generator.continuation_nll(span[:length], span[length:], ratio) for span in spans) / (
                             len(spans) * args.scored)
                     key = f"{name}|{kind}|{length}|{ratio:g}|{args.prompts}|{args.scored}"
                     report["quality"][f"{name}|{kind}|{length}|{ratio:g}"] = results.get(key, compute)

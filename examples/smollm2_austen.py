@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from latexport.assets import cache_dir, smollm2_checkpoint
-from latexport.bench.generation import bench_generation, continuation_nll
+from latexport.bench.generation import bench_generation
 from latexport.export import convert
 from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
 from latexport.runtime.generation import CausalGenerator
@@ -74,7 +74,7 @@ def held_out_spans(held_out: list[list[int]], count: int, length: int) -> list[l
 
 def continuation_nll_of(generator: CausalGenerator, span: list[int], prompt_tokens: int, keep_ratio: float) -> tuple[float, int]:
     """Summed negative log-likelihood of the continuation given the pruned prompt pass."""
-    return continuation_nll(generator, span[:prompt_tokens], span[prompt_tokens:], keep_ratio), len(span) - prompt_tokens
+    return generator.continuation_nll(span[:prompt_tokens], span[prompt_tokens:], keep_ratio), len(span) - prompt_tokens
 
 
 def perplexities(model_dir: Path, spans: list[list[int]], prompt_tokens: int, threads: int) -> dict[float, float]:

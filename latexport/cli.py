@@ -410,21 +410,44 @@ def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_
 
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--data", required=True, help="Held-out labelled data (never the test split).")
+@click.option("--data", required=True,
+              help="Held-out data (never the test split): labelled for a classifier; for a text-generation directory, "
+                   "the user's own text (a .txt file is one document; CSV, TSV or JSON Lines give one per row).")
 @_data_options
-@click.option("--max-drop", type=float, help="Largest allowed metric drop, absolute (0.01 = one point).")
+@click.option("--max-drop", type=float, help="Classifiers: largest allowed metric drop, absolute (0.01 = one point).")
+@click.option("--max-rise", type=float,
+              help="Text generation: largest allowed continuation perplexity rise (0.05 = 5%, the default there).")
 @click.option("--target-speedup", type=float, help="Smallest measured speedup wanted.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--prompt-tokens", default=1024, show_default=True, type=click.IntRange(2),
+              help="Text generation: the prompt length of each window of the text.")
+@click.option("--scored-tokens", default=64, show_default=True, type=click.IntRange(1),
+              help="Text generation: continuation tokens scored after each prompt.")
+@click.option("--windows", default=32, show_default=True, type=click.IntRange(1),
+              help="Text generation: at most this many windows, taken round-robin over the documents.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
 @click.option("--powers", "powers", default="1,1.5,2,3", show_default=True, callback=lambda c, p, v: _powers(v),
               help="Profile powers to try, each evaluated on the data; the chosen one is written into the file. "
                    "'file': keep the file's own.")
-def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, target_speedup, batch_size, threads,
-         powers):
-    """Choose MODEL_DIR's default keep ratio and profile offline, from a constraint measured on held-out data."""
+def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, max_rise, target_speedup, batch_size,
+         prompt_tokens, scored_tokens, windows, threads, powers):
+    """Choose MODEL_DIR's default keep ratio and profile offline, from a constraint measured on held-out data.
+
+    A classifier is held to --max-drop of accuracy (or --target-speedup); a
+    text-generation directory to --max-rise of continuation perplexity on the
+    given text (default 5%), each with its 95% interval.
+    """
     from latexport.training import evaluate as evaluation
     from latexport.training.data import Columns
 
+    if evaluation.task_of(model_dir) == "text-generation":
+        if max_drop is not None:
+            raise click.UsageError("a text-generation directory is tuned with --max-rise (perplexity), not --max-drop")
+        _tune_language_model(model_dir, data, text_column, max_rise, target_speedup, prompt_tokens, scored_tokens,
+                             windows, threads, powers)
+        return
+    if max_rise is not None:
+        raise click.UsageError("--max-rise is for text-generation directories; a classifier takes --max-drop")
     result = evaluation.tune(model_dir, data, Columns(text_column, text_pair_column, label_column), max_drop=max_drop,
                              target_speedup=target_speedup, batch_size=batch_size, threads=threads,
                              powers=powers or None)
@@ -435,6 +458,28 @@ def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop,
     click.echo(
         f"chose power {result.power:g}, keep_ratio {result.keep_ratio:g} ({result.constraint}): "
         f"{evaluation.describe(result.evaluation, row)}, measured speedup {row.speedup:.2f}x; "
+        f"recorded as the default in {Path(model_dir) / 'model.onnx'}"
+    )
+    if result.note:
+        click.echo(f"note: {result.note}")
+
+
+def _tune_language_model(model_dir, data, text_column, max_rise, target_speedup, prompt_tokens, scored_tokens, windows,
+                         threads, powers):
+    from latexport.training import evaluate_lm
+
+    result = evaluate_lm.tune_language_model(
+        model_dir, [data], text_column, max_rise=max_rise, target_speedup=target_speedup, powers=powers or None,
+        prompt_tokens=prompt_tokens, scored_tokens=scored_tokens, max_windows=windows, threads=threads,
+    )
+    click.echo(evaluate_lm.render(result.evaluation))
+    if len(result.evaluations) > 1:
+        click.echo(evaluate_lm.render_powers(result))
+    row = result.evaluation.row(result.keep_ratio)
+    low, high = row.rise_interval
+    click.echo(
+        f"chose power {result.power:g}, keep_ratio {result.keep_ratio:g} ({result.constraint}): perplexity rise "
+        f"{100 * row.rise:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}], measured prompt-pass speedup {row.speedup:.2f}x; "
         f"recorded as the default in {Path(model_dir) / 'model.onnx'}"
     )
     if result.note:

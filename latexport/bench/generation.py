@@ -154,20 +154,3 @@ def plot_generation(result: GenerationBenchResult, path: Path, title: Optional[s
     )
     figure.tight_layout()
     save_figure_atomic(figure, path, dpi=110)
-
-
-def continuation_nll(generator, prompt: np.ndarray, continuation: np.ndarray, keep_ratio: float) -> float:
-    """Summed negative log-likelihood of ``continuation`` [T] after a pruned prompt pass over
-    ``prompt`` [n] (one row): the prompt graph at ``keep_ratio`` gives the first logits and
-    the cache; the decode-step graph takes the whole continuation at once.  The quality
-    measure of a prompt pass: what the kept cache still predicts."""
-    prompt = np.asarray(prompt, dtype=np.int64)[None, :]
-    continuation = np.asarray(continuation, dtype=np.int64)[None, :]
-    first_logits, cache = generator.prefill({"input_ids": prompt, "attention_mask": np.ones_like(prompt)}, keep_ratio)
-    length = prompt.shape[1]
-    positions = np.arange(length, length + continuation.shape[1], dtype=np.int64)[None, :]
-    step_logits = generator.decoder_with_past.run(["logits"], {"input_ids": continuation, "position_ids": positions, **cache})[0]
-    logits = np.concatenate([first_logits[:, None, :], step_logits[:, :-1, :]], axis=1)[0].astype(np.float64)
-    log_probs = logits - logits.max(axis=-1, keepdims=True)
-    log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(continuation.shape[1]), continuation[0]].sum())

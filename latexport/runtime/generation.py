@@ -244,6 +244,30 @@ class CausalGenerator(PrunedPromptGenerator):
         )
 
 
+    def continuation_nll(self, prompt: Sequence[int], continuation: Sequence[int], keep_ratio: KeepRatio = None) -> float:
+        """Summed negative log-likelihood (nats) of ``continuation`` after a pruned prompt pass over
+        ``prompt`` (one row of token ids each): the prompt graph at ``keep_ratio`` gives the first
+        logits and the cache, and the decode-step graph takes the whole continuation at once.
+        What a ratio costs a decoder is what its kept cache no longer predicts."""
+        prompt = np.asarray(prompt, dtype=np.int64).reshape(1, -1)
+        continuation = np.asarray(continuation, dtype=np.int64).reshape(1, -1)
+        if prompt.shape[1] == 0 or continuation.shape[1] == 0:
+            raise InvalidInputError("continuation_nll needs at least one prompt token and one continuation token")
+        if prompt.shape[1] + continuation.shape[1] > self.prompt.max_length:
+            raise InvalidInputError(
+                f"{prompt.shape[1]} prompt plus {continuation.shape[1]} continuation tokens exceed the model's "
+                f"maximum of {self.prompt.max_length} positions"
+            )
+        first_logits, cache = self.prefill({"input_ids": prompt, "attention_mask": np.ones_like(prompt)}, keep_ratio)
+        length = prompt.shape[1]
+        positions = np.arange(length, length + continuation.shape[1], dtype=np.int64)[None, :]
+        step_logits = self.decoder_with_past.run(["logits"], {"input_ids": continuation, "position_ids": positions, **cache})[0]
+        logits = np.concatenate([first_logits[:, None, :], step_logits[:, :-1, :]], axis=1)[0].astype(np.float64)
+        log_probs = logits - logits.max(axis=-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(axis=-1, keepdims=True))
+        return float(-log_probs[np.arange(continuation.shape[1]), continuation[0]].sum())
+
+
 def open_generator(model_dir: Union[str, Path], provider: str = "cpu", intra_op_threads: int = 0, truncation: str = "warn"):
     """The generator for a converted directory: ``Seq2SeqGenerator`` or ``CausalGenerator``."""
     session = LatencyAdjustableSession(model_dir, provider, intra_op_threads, truncation)

@@ -405,7 +405,7 @@ def tune(
     with tempfile.TemporaryDirectory(prefix="latexport-tune-") as scratch:
         for power in tried:
             evaluations[power] = evaluate(
-                _with_power(Path(model_dir), power, Path(scratch) / f"power-{power:g}", current),
+                with_power(Path(model_dir), power, Path(scratch) / f"power-{power:g}", current),
                 data, columns, keep_ratios, batch_size, threads,
             )
     power, choices = choose_profile(evaluations, max_drop, target_speedup)
@@ -447,12 +447,23 @@ def render_powers(result: TuneResult) -> str:
     return "\n".join(lines)
 
 
-def _require_classifier(model_path: Path) -> None:
-    """Refuse a file tune cannot evaluate before any power is written or tried."""
+def task_of(model_dir: Path) -> Optional[str]:
+    """The task a converted directory's model.onnx records (None when it records none or is missing)."""
     import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-    task = props.get(PREFIX + "task")
+    model_path = Path(model_dir) / MODEL_FILE
+    if not model_path.is_file():
+        return None
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as error:  # a truncated or foreign file: protobuf's DecodeError, OSError, ...
+        raise LatexportError(f"{model_path}: not a readable ONNX file ({type(error).__name__}: {error})") from error
+    return {p.key: p.value for p in proto.metadata_props}.get(PREFIX + "task")
+
+
+def _require_classifier(model_path: Path) -> None:
+    """Refuse a file tune cannot evaluate before any power is written or tried."""
+    task = task_of(model_path.parent)
     if task != "text-classification":
         raise LatexportError(f"{model_path.parent} does {task}; tune needs a classification or regression model")
 
@@ -470,7 +481,7 @@ def _curve(evaluation: Evaluation) -> list[dict]:
     ]
 
 
-def _with_power(model_dir: Path, power: float, scratch: Path, current: float) -> Path:
+def with_power(model_dir: Path, power: float, scratch: Path, current: float) -> Path:
     """``model_dir`` itself at its own power, else a scratch directory that links its
     files and holds the model rewritten to ``power``."""
     if power == current:
