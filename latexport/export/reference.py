@@ -13,7 +13,8 @@ catch a bug in the selection.  This module shares no code with
   returns;
 * ACC is summed in numpy over heads and queries (in a causal layer divided
   by the number of queries that can see each key; under a rule counting the
-  last W queries, over those rows alone), the head's token is pinned, the
+  last W queries, over those rows alone; a rule may spread each score over
+  its neighbours, a sliding max), the head's token is pinned, the
   scoring rule's sinks and recent tokens rank next, in tiers, and the kept
   set is a stable sort, ties to the lower position;
 * the layer's output rows of the kept word-vectors go on to the next layer.
@@ -67,6 +68,13 @@ def reference_acc(probs: np.ndarray, causal: bool, last_queries: int = 0) -> np.
     if causal:
         scores = scores / (len(scores) - np.arange(len(scores)))  # key j is seen by queries j..n-1
     return scores
+
+
+def reference_spread(scores: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Each score spread over the ``before`` tokens before it and the ``after`` after it:
+    token i takes the largest score at i - after .. i + before (edges: the row ends)."""
+    n = len(scores)
+    return np.array([scores[max(0, i - after): min(n, i + before + 1)].max() for i in range(n)])
 
 
 def reference_tiers(positions: np.ndarray, length: int, pinned: Optional[int], sinks: int, recent: int) -> np.ndarray:
@@ -295,6 +303,7 @@ def reference_row(
             pinned = {"first": 0, "last": alive - 1, None: None}[architecture.pinned]
             keep = reference_keep_count(length, alive, keep_ratio, exponent)
             scores = reference_acc(probs, architecture.causal, scoring.last_queries)
+            scores = reference_spread(scores, scoring.span_before, scoring.span_after)
             tiers = reference_tiers(positions, length, pinned, scoring.sinks, scoring.recent)
             kept = reference_pick(scores, keep, tiers)
             hidden = hidden[:, torch.from_numpy(kept)]

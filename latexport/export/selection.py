@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from latexport.runtime.profile import CEIL_SLACK
 from latexport.runtime.scoring import RECENT_BONUS, SINK_BONUS
@@ -90,6 +91,22 @@ def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False, l
         seen_by = torch.flip(torch.cumsum(torch.flip(valid.to(probs.dtype), [1]), dim=1), [1])
         scores = scores / seen_by.clamp(min=1.0)
     return scores
+
+
+def spread_scores(scores: torch.Tensor, valid: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Spread each score over the phrase around it (``ScoringRule.span_before``/``span_after``):
+    a token at j with score s lifts the ``before`` alive tokens before it and the
+    ``after`` after it to at least s.  So token i scores max(scores[i - after : i + before + 1]).
+
+    Rows are packed real tokens first, in original order, so neighbours are the
+    alive tokens next to each other.  Scores are >= 0: padding enters as 0 and
+    never lends a score.  One MaxPool over the row, exact in any precision.
+    """
+    if before == 0 and after == 0:
+        return scores
+    scores = torch.where(valid, scores, torch.zeros_like(scores)).unsqueeze(1)
+    padded = F.pad(scores, [after, before])
+    return F.max_pool1d(padded, before + after + 1, 1).squeeze(1)
 
 
 def protection_bonus(
@@ -169,11 +186,13 @@ def drop_tokens(
     sinks: int = 0,
     recent: int = 0,
     valid_lengths: Optional[torch.Tensor] = None,
+    span_before: int = 0,
+    span_after: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
     the indices into this layer's N, for state that must follow the survivors."""
     batch, width = valid.shape
-    scores = acc_scores(probs, valid, causal, last_queries)
+    scores = spread_scores(acc_scores(probs, valid, causal, last_queries), valid, span_before, span_after)
     if valid_lengths is not None and (sinks > 0 or recent > 0):
         scores = scores.to(torch.float64) + protection_bonus(positions, valid, valid_lengths, sinks, recent)
     always_keep = torch.logical_and(always_keep, valid)  # a pinned column that is padding stays padding
@@ -203,6 +222,8 @@ def select_tokens(
     sinks: int = 0,
     recent: int = 0,
     valid_lengths: Optional[torch.Tensor] = None,
+    span_before: int = 0,
+    span_after: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop the word-vectors with the lowest ACC after a layer's attention.
 
@@ -213,8 +234,9 @@ def select_tokens(
     residual, mixed: [B, N, D] the layer's input and its attention output.
     positions:   [B, N] int64 original position of each word-vector.
     causal:      the layer's attention is causal (``acc_scores``).
-    last_queries, sinks, recent: the scoring rule (``acc_scores``, ``protection_bonus``),
-                 with ``valid_lengths`` [B] float32, each sample's original length.
+    last_queries, sinks, recent, span_before, span_after: the scoring rule
+                 (``acc_scores``, ``protection_bonus``, ``spread_scores``), with
+                 ``valid_lengths`` [B] float32, each sample's original length.
 
     When every sample keeps all it has and the tensor has no spare width, the
     layer is left untouched: the exported If skips scoring, protection and
@@ -225,7 +247,7 @@ def select_tokens(
         return residual, mixed, valid, positions
     residual, mixed, kept_valid, positions, _ = drop_tokens(
         probs, valid, always_keep, keep, residual, mixed, positions, widest, causal, last_queries, sinks, recent,
-        valid_lengths,
+        valid_lengths, span_before, span_after,
     )
     return residual, mixed, kept_valid, positions
 

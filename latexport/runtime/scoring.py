@@ -6,27 +6,36 @@ queries, and keeps the best.  That is ``ScoringRule()``, the rule of every
 encoder.
 
 A decoder's prompt pass has one job: the next tokens.  Its rule
-(``DECODER_PROMPT_RULE``) differs in three ways:
+(``DECODER_PROMPT_RULE``) differs in four ways:
 
 * ``last_queries``: ACC counts only the attention of the prompt's last W
   positions, the ones that predict what comes next.
+* ``span_before``, ``span_after``: each score is spread over the phrase
+  around it, a sliding max.  The last queries point at one or two tokens of
+  a fact (in "The pass key is 73411. ... 73411 is the pass key.", at the
+  final "the"), and a fact kept in part is lost: the span keeps it whole.
 * ``sinks``: the first S tokens are always kept.  Decoders park attention on
   them ("attention sinks"), and losing them shifts every later attention
   distribution.
 * ``recent``: the last R tokens are kept before any scored one.  A
   continuation leans on its recent context most.
 
-Measured with the published SmolLM2-135M (no fine-tuning) on 6 held-out
-Austen prompts of 1,024 tokens, perplexity of the next 64 tokens, eager
-PyTorch, at the same FLOPs-estimated speedups:
+Measured with the published SmolLM2-135M (no fine-tuning), eager PyTorch,
+FLOPs-estimated speedup 2.07x (keep_ratio 0.1, power 1.5): perplexity of the
+next 64 tokens after 1,024-token prompts, 2 of each of four kinds of text,
+and a pass key at 10 depths of a 1,000-token filler prompt (10 of 10 at 1.0):
 
-===============================  =============  =============
-rule                             1.89x (p = 1)  2.03x (p = 2)
-===============================  =============  =============
-ACC over all queries (before)    +21.3%         +23.6%
-last 32, sinks 4, recent 64      +11.2%         +17.6%
-last 128, sinks 4, recent 128    +10.9%         +11.3%
-===============================  =============  =============
+=====================================================  ======  ========
+rule                                                   rise    pass key
+=====================================================  ======  ========
+last 128, sinks 4, recent 128 (``LAST_QUERIES_RULE``)  +3.5%   2
+last 16, spread 16 each way, recent 128                +6.3%   8
+last 16, spread 24 before / 8 after, recent 128        +6.2%   9
+the same, recent 192 (``DECODER_PROMPT_RULE``)         +3.9%   9
+=====================================================  ======  ========
+
+With the whole fact protected by hand in every layer (an oracle) the pass key
+is 10 of 10, so the choice of survivors, not the budget, decides it.
 
 Protected tokens rank by tiers: the head's token first (the graph's
 ``always_keep``), then sinks, then recent tokens, then the rest by score.
@@ -58,11 +67,20 @@ class ScoringRule:
     sinks: int = 0
     #: Each row's last ``recent`` tokens are kept before any scored one (after the sinks).
     recent: int = 0
+    #: A scored token lifts the ``span_before`` alive tokens before it and the
+    #: ``span_after`` after it to its score (a sliding max): what a token means
+    #: is spread over the phrase that leads up to it, so a fact survives whole.
+    span_before: int = 0
+    span_after: int = 0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise SettingsError(f"scoring rule: {name} must be a whole number >= 0, got {value!r}")
+
+    @property
+    def spreads(self) -> bool:
+        return self.span_before > 0 or self.span_after > 0
 
     @property
     def protects(self) -> bool:
@@ -91,14 +109,20 @@ class ScoringRule:
     @classmethod
     def from_json(cls, text: str) -> "ScoringRule":
         fields = json.loads(text)
-        return cls(**{name: int(fields.get(name, 0)) for name in ("last_queries", "sinks", "recent")})
+        names = ("last_queries", "sinks", "recent", "span_before", "span_after")
+        return cls(**{name: int(fields.get(name, 0)) for name in names})
 
     def describe(self) -> str:
         if self == ScoringRule():
             return "ACC over all queries"
         queries = f"the last {self.last_queries} queries" if self.last_queries else "all queries"
-        return f"ACC over {queries}, first {self.sinks} and last {self.recent} tokens kept"
+        text = f"ACC over {queries}, first {self.sinks} and last {self.recent} tokens kept"
+        if self.spreads:
+            text += f", each score spread over the {self.span_before} tokens before and {self.span_after} after"
+        return text
 
 
 #: The rule of a decoder's prompt pass (text-generation): module doc.
-DECODER_PROMPT_RULE = ScoringRule(last_queries=128, sinks=4, recent=128)
+DECODER_PROMPT_RULE = ScoringRule(last_queries=16, sinks=4, recent=192, span_before=24, span_after=8)
+#: The previous decoder rule (no spread), kept as the measured ablation.
+LAST_QUERIES_RULE = ScoringRule(last_queries=128, sinks=4, recent=128)
