@@ -56,6 +56,12 @@ from latexport.runtime.timing import interleaved
 from latexport.training.long_texts import KINDS, documents
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
+#: Training-free prompt-pass pruning as published, time to first token against the
+#: full model at about no loss (other models and tasks: marked for scale, not compared).
+ANCHORS = {
+    "LazyLLM": (2.34, "Llama 2 7B, multi-document QA, negligible loss"),
+    "SlimInfer": (2.53, "Llama 3.1 8B, LongBench unchanged"),
+}
 RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 #: name: (scoring rule, profile power or None for the file's own, the converted file it starts from)
 METHODS = {
@@ -207,12 +213,14 @@ def plot(rows: list[dict], lengths, path: Path) -> None:
             axis.plot([r["speedup"] for r in mine], [100 * r["rise"] for r in mine], marker="o", label=name)
         axis.axhline(5, linestyle=":", color="gray", label="+5%")
         axis.axhline(15, linestyle="--", color="gray", label="+15%")
+        for anchor, (speedup, where) in ANCHORS.items():
+            axis.plot([speedup], [0], marker="*", markersize=11, linestyle="none", label=f"{anchor} {speedup}x ({where})")
         axis.axvline(2, linestyle=":", color="tab:red", alpha=0.5)
         axis.axvline(3, linestyle="--", color="tab:red", alpha=0.5)
         axis.set_xlabel("measured prompt-pass speedup (ONNX Runtime, CPU)")
         axis.set_ylabel("perplexity rise over 1.0, mean of 4 kinds (%)")
         axis.set_title(f"SmolLM2-135M, {length}-token prompts, no fine-tuning")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=6)
     figure.tight_layout()
     save_figure_atomic(figure, path, dpi=110)
 
