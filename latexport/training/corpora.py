@@ -215,10 +215,10 @@ def _austen() -> list[dict]:
 # headings (and its chapter numbers restart at each); Mansfield Park and
 # Persuasion end their first volume with a note, "[End volume one of this
 # edition. ..." and "(End of volume one.)"; the other three are not divided.
-_CHAPTER_HEADING = re.compile(r"^\s*chapter\s+([0-9]+|[ivxlc]+)\.?\s*$", re.IGNORECASE)
-_VOLUME_HEADING = re.compile(r"^\s*volume\s+([0-9]+|[ivxlc]+|one|two|three)\.?\s*$", re.IGNORECASE)
-_VOLUME_END_NOTE = re.compile(r"^\s*[\[(]?\s*end (of )?volume\b", re.IGNORECASE)
-_END_OF_NOVEL = re.compile(r"^\s*(the end|finis|a note on the text)\s*$", re.IGNORECASE)
+CHAPTER_HEADING = re.compile(r"^\s*chapter\s+([0-9]+|[ivxlc]+)\.?\s*$", re.IGNORECASE)
+VOLUME_HEADING = re.compile(r"^\s*volume\s+([0-9]+|[ivxlc]+|one|two|three)\.?\s*$", re.IGNORECASE)
+VOLUME_END_NOTE = re.compile(r"^\s*[\[(]?\s*end (of )?volume\b", re.IGNORECASE)
+END_OF_NOVEL = re.compile(r"^\s*(the end|finis|a note on the text)\s*$", re.IGNORECASE)
 
 
 def novel_volumes(text: str) -> list[list[str]]:
@@ -242,7 +242,7 @@ def novel_volumes(text: str) -> list[list[str]]:
         if skipping_note:
             skipping_note = bool(line.strip())
             continue
-        chapter = _CHAPTER_HEADING.match(line)
+        chapter = CHAPTER_HEADING.match(line)
         if chapter:
             number = _chapter_number(chapter.group(1))
             if number <= last_chapter:
@@ -250,11 +250,11 @@ def novel_volumes(text: str) -> list[list[str]]:
             started, last_chapter = True, number
         elif not started:
             continue
-        elif _END_OF_NOVEL.match(line):
+        elif END_OF_NOVEL.match(line):
             break
-        elif _VOLUME_HEADING.match(line):
+        elif VOLUME_HEADING.match(line):
             new_volume()
-        elif _VOLUME_END_NOTE.match(line):
+        elif VOLUME_END_NOTE.match(line):
             new_volume()
             skipping_note = True
         else:

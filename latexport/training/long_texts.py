@@ -57,10 +57,10 @@ from pathlib import Path
 from latexport.assets import Asset, cache_dir, fetch
 from latexport.runtime.errors import LatexportError, SettingsError
 from latexport.training.corpora import (
-    _CHAPTER_HEADING,
-    _END_OF_NOVEL,
-    _VOLUME_END_NOTE,
-    _VOLUME_HEADING,
+    CHAPTER_HEADING,
+    END_OF_NOVEL,
+    VOLUME_END_NOTE,
+    VOLUME_HEADING,
     austen_novels,
 )
 
@@ -121,15 +121,15 @@ def novel_chapters(text: str) -> list[str]:
         if skipping_note:
             skipping_note = bool(line.strip())
             continue
-        if _CHAPTER_HEADING.match(line):
+        if CHAPTER_HEADING.match(line):
             chapters.append([line.strip()])
         elif not chapters:
             continue
-        elif _END_OF_NOVEL.match(line):
+        elif END_OF_NOVEL.match(line):
             break
-        elif _VOLUME_END_NOTE.match(line):
+        elif VOLUME_END_NOTE.match(line):
             skipping_note = True
-        elif not _VOLUME_HEADING.match(line):
+        elif not VOLUME_HEADING.match(line):
             chapters[-1].append(line.rstrip())
     return [_tidy("\n".join(lines)) for lines in chapters]
 
