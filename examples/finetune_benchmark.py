@@ -89,7 +89,9 @@ TASKS = {
     "austen_volumes": Task("austen_volumes", "many classes, long: novel and volume of a 512-token passage", 512, 16, 8, (0,)),
 }
 #: LAT recipes measured against the default one (``--ablations``): the FinetuneSettings they change.
-ABLATIONS = {"lat-power-range": {"power_range": (1.5, 3.0)}}
+#: ``PLAIN_TEACHER`` stands for the same (task, size, seed)'s plain checkpoint.
+PLAIN_TEACHER = "plain"
+ABLATIONS = {"lat-power-range": {"power_range": (1.5, 3.0)}, "lat-teacher": {"teacher": PLAIN_TEACHER}}
 QUICK = {"tasks": ("trec",), "sizes": (1000,), "seeds": (0,)}
 
 
@@ -168,8 +170,11 @@ def trained(cell: Cell, files: dict[str, Path]) -> Path:
     recipe = "lat" if cell.lat else "plain"
     max_length = int(cell.variant.split("-")[1]) if cell.variant.startswith("truncate-") else task.max_length
     base = str(fewer_layers_base(int(cell.variant.split("-")[1])) if cell.variant.startswith("layers-") else fetch(MINILM))
+    changes = dict(ABLATIONS.get(cell.variant, {}))
+    if changes.get("teacher") == PLAIN_TEACHER:
+        changes["teacher"] = str(trained(Cell(cell.task, cell.size, cell.seed, "plain"), files))
     settings = FinetuneSettings(recipe=recipe, batch_size=task.train_batch, max_length=max_length, seed=cell.seed,
-                                **ABLATIONS.get(cell.variant, {}))
+                                **changes)
     checkpoint = cell.work / "checkpoint"
     record_path = checkpoint / "latexport_finetune.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}

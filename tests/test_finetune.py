@@ -321,8 +321,69 @@ def test_settings_added_later_leave_older_fingerprints_alone():
     import hashlib
 
     settings = FinetuneSettings(power=1.5)
-    before = {k: v for k, v in asdict(settings).items() if k not in ("save_every", "power_range")}
+    before = {k: v for k, v in asdict(settings).items() if k not in ("save_every", "power_range", "teacher")}
     assert settings.fingerprint() == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert replace(settings, power_range=(1.5, 3.0)).fingerprint() != settings.fingerprint()
     with pytest.raises(SettingsError, match="power_range"):
         FinetuneSettings(power_range=(3.0, 1.5))
+
+
+@pytest.fixture(scope="module")
+def plain_teacher(checkpoints, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "plain"
+    finetune(str(checkpoints[("bert", "feature-extraction")]), out, data["train"], data["validation"],
+             settings=FinetuneSettings(**{**SMALL, "recipe": "plain"}), progress=False)
+    return out
+
+
+def test_a_teacher_is_the_starting_point_and_every_pass_distils_from_its_outputs(plain_teacher, data, tmp_path, monkeypatch):
+    """With ``teacher``, the run starts from the teacher's weights, and the distillation target of each
+    training step is the frozen teacher's output for those rows (transformers' own forward, computed
+    here independently), not the student's full pass."""
+    from transformers import AutoModelForSequenceClassification
+
+    from latexport.training.finetune import encode
+    from latexport.training.data import read_examples
+
+    targets = []
+    original = Trainer.distill_loss
+
+    def recording(self, student, teacher):
+        targets.append(teacher.detach().clone())
+        return original(self, student, teacher)
+
+    monkeypatch.setattr(Trainer, "distill_loss", recording)
+    batches = []
+    original_batch = Trainer.training_loss
+
+    def remember(self, batch):
+        batches.append(batch)
+        return original_batch(self, batch)
+
+    monkeypatch.setattr(Trainer, "training_loss", remember)
+    settings = FinetuneSettings(**{**SMALL, "epochs": 1, "teacher": str(plain_teacher)})
+    trainer = Trainer(str(plain_teacher), read_examples(data["train"]), read_examples(data["validation"]), tmp_path / "o", settings)
+    teacher_weights = load_file(str(plain_teacher / "model.safetensors"))
+    for name, tensor in trainer.model.state_dict().items():
+        if name in teacher_weights:
+            torch.testing.assert_close(tensor, teacher_weights[name], atol=0, rtol=0)
+    trainer.run(progress=False)
+
+    reference = AutoModelForSequenceClassification.from_pretrained(str(plain_teacher), attn_implementation="eager").eval()
+    assert len(batches) == 6 and len(targets) == 6 * 3  # the full pass and two pruned passes per step
+    for step, batch in enumerate(batches):
+        with torch.no_grad():
+            expected = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 token_type_ids=batch.token_type_ids).logits
+        for target in targets[3 * step: 3 * step + 3]:
+            torch.testing.assert_close(target, expected, atol=1e-4, rtol=1e-4)
+    record = json.loads((tmp_path / "o" / "latexport_finetune.json").read_text())
+    assert record["settings"]["teacher"] == str(plain_teacher)
+
+
+def test_a_teacher_for_other_labels_is_refused(plain_teacher, tmp_path):
+    train = write(tmp_path / "t.jsonl", [{"text": f"row {i}", "label": ["a", "b", "c"][i % 3]} for i in range(12)])
+    with pytest.raises(SettingsError, match="teacher .* was not fine-tuned for this data"):
+        finetune(str(plain_teacher), tmp_path / "o", train, train,
+                 settings=FinetuneSettings(**{**SMALL, "teacher": str(plain_teacher)}), progress=False)
+    assert not (tmp_path / "o").exists()

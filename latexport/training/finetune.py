@@ -86,6 +86,8 @@ class FinetuneSettings:
     power: Optional[float] = None  # None: chosen from the training texts' length (``auto_power``)
     # Each pruned pass draws its profile power uniformly from this range (None: always ``power``).
     power_range: Optional[tuple[float, float]] = None
+    # A fine-tuned classifier (usually a plain run on the same data) to start from and distil from, frozen.
+    teacher: Optional[str] = None
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     save_every: int = 200
@@ -123,7 +125,7 @@ class FinetuneSettings:
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-ADDED_LATER = ("power_range",)
+ADDED_LATER = ("power_range", "teacher")
 SHORT_TEXT_POWER, LONG_TEXT_POWER, LONG_TEXT_TOKENS = 1.5, 1.0, 128
 
 # The step budget: about BUDGET_EXAMPLES examples seen, and between MIN_EPOCHS and MAX_EPOCHS passes.
@@ -164,6 +166,7 @@ class Batch:
     attention_mask: torch.Tensor
     token_type_ids: Optional[torch.Tensor]
     targets: torch.Tensor
+    indices: Optional[np.ndarray] = None  # the rows' places in the data set (to look up the teacher's outputs)
 
 
 @dataclass
@@ -187,7 +190,7 @@ class EncodedData:
             types[row, :length] = torch.tensor(self.type_ids[i])
         dtype = torch.float32 if regression else torch.int64
         targets = torch.tensor([self.targets[i] for i in indices], dtype=dtype)
-        return Batch(ids, mask, types if with_types else None, targets)
+        return Batch(ids, mask, types if with_types else None, targets, np.asarray(indices))
 
 
 @dataclass
@@ -231,8 +234,10 @@ class Trainer:
         lengths = [min(len(ids), settings.max_length) for ids in self.tokenizer(train.texts[:2000])["input_ids"]]
         self.settings = settings = settings.resolved(lengths)
         resume_dir = self._resume_source()
+        if settings.teacher is not None:
+            self._check_teacher(settings.teacher)
         torch.manual_seed(settings.seed)  # before the new head is initialised: a seed fixes the whole run
-        self.model = self._load_model(str(resume_dir) if resume_dir else model_source)
+        self.model = self._load_model(str(resume_dir) if resume_dir else (settings.teacher or model_source))
         self.family = family_for(self.model.config)
         layers = self.family.layer_shape(self.model.config).num_layers
         self.profile = EliminationProfile(layers, power=settings.power)
@@ -241,6 +246,8 @@ class Trainer:
         self.train_data = encode(self.tokenizer, train, train_targets, settings.max_length)
         self.validation_data = encode(self.tokenizer, validation, validation_targets, settings.max_length)
         self.model_source = model_source
+        #: The frozen teacher's outputs for every training row ([examples, labels]), or None without a teacher.
+        self.teacher_outputs = self._teacher_outputs(settings.teacher, pad_id=self._pad_id()) if settings.teacher else None
 
         steps_per_epoch = math.ceil(len(self.train_data) / settings.batch_size)
         self.steps_per_epoch = steps_per_epoch
@@ -304,6 +311,37 @@ class Trainer:
                 source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True
             )
 
+    def _check_teacher(self, teacher: str) -> None:
+        """The teacher must be a fine-tuned model for the same labels, or its outputs mean nothing here."""
+        config = load_config(teacher)
+        if self.regression:
+            matches = config.num_labels == 1
+            wanted = "a regression model (num_labels=1)"
+        else:
+            names = [str(config.id2label[key]) for key in sorted(config.id2label, key=int)] if config.id2label else []
+            matches = names == [str(name) for name in self.label_names]
+            wanted = f"labels {self.label_names}"
+        if not matches:
+            raise SettingsError(
+                f"teacher {teacher} was not fine-tuned for this data: it has labels "
+                f"{list(config.id2label.values()) if config.id2label else config.num_labels}, and the data needs {wanted}"
+            )
+
+    @torch.no_grad()
+    def _teacher_outputs(self, teacher: str, pad_id: int) -> torch.Tensor:
+        """One pass of the frozen teacher over the training set, at keep_ratio 1."""
+        model = self._load_model(teacher).eval()
+        full = LatencyAdjustableModel(model, self.family, self.profile, task=TASK_CLASSIFICATION)
+        chunks = []
+        for start in range(0, len(self.train_data), 64):
+            rows = list(range(start, min(start + 64, len(self.train_data))))
+            batch = self.train_data.batch(rows, pad_id, self.with_types, self.regression)
+            chunks.append(full(batch.input_ids, batch.attention_mask, batch.token_type_ids, 1.0).output)
+        return torch.cat(chunks)
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
     def _parameter_groups(self):
         decay, no_decay = [], []
         for name, parameter in self.model.named_parameters():
@@ -350,11 +388,15 @@ class Trainer:
         return F.kl_div(F.log_softmax(student / t, dim=-1), F.softmax(teacher / t, dim=-1), reduction="batchmean") * t * t
 
     def training_loss(self, batch: Batch) -> torch.Tensor:
+        weight = self.settings.distill_weight
         full = self.lat(batch.input_ids, batch.attention_mask, batch.token_type_ids, 1.0).output
-        loss = self.task_loss(full, batch.targets)
-        if self.settings.recipe == "lat":
+        if self.teacher_outputs is None:
+            loss = self.task_loss(full, batch.targets)
             teacher = full.detach()
-            weight = self.settings.distill_weight
+        else:  # the full pass too learns from the teacher, so that keep_ratio 1 stays the teacher's model
+            teacher = self.teacher_outputs[torch.as_tensor(batch.indices)]
+            loss = (1.0 - weight) * self.task_loss(full, batch.targets) + weight * self.distill_loss(full, teacher)
+        if self.settings.recipe == "lat":
             pruned_losses = []
             for ratio, profile in zip(self.sample_ratios(), self.sample_profiles()):
                 self.lat.use_profile(profile)
@@ -370,7 +412,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_id = self._pad_id()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, desc=f"finetune ({self.settings.recipe})")
         smoothed = None
         batches, batches_epoch = None, None
@@ -470,7 +512,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, data: EncodedData, ratios=(1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05)) -> dict:
         self.model.eval()
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad_id = self._pad_id()
         outputs = {ratio: [] for ratio in ratios}
         for start in range(0, len(data), 64):
             batch = data.batch(list(range(start, min(start + 64, len(data)))), pad_id, self.with_types, self.regression)
