@@ -36,7 +36,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +51,7 @@ from latexport.runtime.timing import interleaved
 from latexport.training.corpora import splits, subsampled
 from latexport.training.data import read_examples
 from latexport.training.evaluate import TUNING_RATIOS, evaluate, render, tune, write_metadata
-from latexport.training.finetune import FinetuneSettings, finetune
+from latexport.training.finetune import FinetuneSettings, completed_run, finetune
 
 RESULTS = Path(__file__).resolve().parent.parent / "graphs" / "finetune-matrix"
 GRAPHS = RESULTS.parent
@@ -176,9 +176,7 @@ def trained(cell: Cell, files: dict[str, Path]) -> Path:
     settings = FinetuneSettings(recipe=recipe, batch_size=task.train_batch, max_length=max_length, seed=cell.seed,
                                 **changes)
     checkpoint = cell.work / "checkpoint"
-    record_path = checkpoint / "latexport_finetune.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    if record.get("completed") and record.get("fingerprint") == replace(settings, power=record.get("power")).fingerprint():
+    if completed_run(checkpoint, settings):
         return checkpoint
     finetune(base, checkpoint, str(files["train"]), str(files["validation"]), settings=settings)
     return checkpoint

@@ -315,23 +315,30 @@ def _data_options(function):
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--recipe", type=click.Choice(["lat", "plain"]), default="lat", show_default=True,
               help="lat: full pass plus pruned passes distilled from it; plain: ordinary fine-tuning.")
+@click.option("--teacher", default="self", show_default=True,
+              help="What LAT's passes distil from: self (the model's own full pass), plain (a plain run trained "
+                   "first into OUT_DIR-plain-teacher, which LAT starts from), or a fine-tuned checkpoint directory.")
 @click.option("--min-keep-ratio", default=0.05, show_default=True, type=float, help="Smallest keep ratio trained for.")
 @click.option("--power", type=float, help="Elimination profile shape trained for (default: 1.5 for short texts, 1 for long; see inspect).")
 @click.option("--problem", type=click.Choice(["auto", "classification", "regression"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start afresh even if OUT_DIR holds a run.")
 def finetune(model, out_dir, train_data, validation_data, text_column, text_pair_column, label_column, epochs,
-             max_steps, patience, learning_rate, batch_size, max_length, seed, recipe, min_keep_ratio, power, problem, overwrite):
+             max_steps, patience, learning_rate, batch_size, max_length, seed, recipe, teacher, min_keep_ratio, power,
+             problem, overwrite):
     """Fine-tune MODEL with ACC elimination active; running it again resumes an interrupted run."""
     from latexport.training.data import Columns
-    from latexport.training.finetune import FinetuneSettings
+    from latexport.training.finetune import TEACHER_PLAIN, FinetuneSettings, teacher_directory
     from latexport.training.finetune import finetune as run_finetune
 
     settings = FinetuneSettings(
         epochs=epochs, max_steps=max_steps, patience=patience, learning_rate=learning_rate, batch_size=batch_size,
         max_length=max_length, seed=seed, recipe=recipe, min_keep_ratio=min_keep_ratio, power=power, problem=problem,
+        teacher=None if teacher == "self" else teacher,
     )
     result = run_finetune(model, out_dir, train_data, validation_data, Columns(text_column, text_pair_column, label_column),
                           settings, overwrite=overwrite)
+    if recipe == "lat" and teacher == TEACHER_PLAIN:
+        click.echo(f"the plain teacher (ordinary fine-tuning, LAT's starting point) is in {teacher_directory(out_dir)}")
     scores = ", ".join(f"{ratio}: {value:.4f}" for ratio, value in result.validation.items())
     click.echo(f"wrote {out_dir} after {result.steps} steps in {result.seconds:.0f} s; validation by keep_ratio {{{scores}}}")
     stopping = result.stopping

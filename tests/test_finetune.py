@@ -342,7 +342,6 @@ def test_a_teacher_is_the_starting_point_and_every_pass_distils_from_its_outputs
     here independently), not the student's full pass."""
     from transformers import AutoModelForSequenceClassification
 
-    from latexport.training.finetune import encode
     from latexport.training.data import read_examples
 
     targets = []
@@ -387,3 +386,51 @@ def test_a_teacher_for_other_labels_is_refused(plain_teacher, tmp_path):
         finetune(str(plain_teacher), tmp_path / "o", train, train,
                  settings=FinetuneSettings(**{**SMALL, "teacher": str(plain_teacher)}), progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_plain_teacher_is_trained_first_beside_the_output_and_reused(checkpoints, data, tmp_path, monkeypatch):
+    """``teacher="plain"``: a plain run (the same settings, recipe plain) lands in ``OUT-plain-teacher``,
+    and the LAT run distils from it; running again reuses both, and ``overwrite`` retrains both."""
+    from latexport.training.finetune import teacher_directory
+
+    runs = []
+    original = Trainer.run
+
+    def recording(self, progress=True):
+        runs.append((self.out_dir.name, self.settings.recipe, self.settings.teacher))
+        return original(self, progress)
+
+    monkeypatch.setattr(Trainer, "run", recording)
+    out = tmp_path / "lat"
+    settings = FinetuneSettings(**{**SMALL, "epochs": 1, "teacher": "plain"})
+    source = str(checkpoints[("bert", "feature-extraction")])
+    result = finetune(source, out, data["train"], data["validation"], settings=settings, progress=False)
+    teacher = teacher_directory(out)
+    assert teacher == tmp_path / "lat-plain-teacher"
+    assert runs == [("lat-plain-teacher", "plain", None), ("lat", "lat", str(teacher))]
+    plain_record = json.loads((teacher / "latexport_finetune.json").read_text())
+    assert plain_record["completed"] and plain_record["settings"]["recipe"] == "plain"
+    assert plain_record["settings"]["seed"] == settings.seed and plain_record["settings"]["max_length"] == 32
+    assert json.loads((out / "latexport_finetune.json").read_text())["settings"]["teacher"] == str(teacher)
+    assert result.steps == 6
+
+    with pytest.raises(OutputExistsError):  # the LAT run is complete; the teacher alone is not retrained
+        finetune(source, out, data["train"], data["validation"], settings=settings, progress=False)
+    assert len(runs) == 2
+    finetune(source, out, data["train"], data["validation"], settings=settings, progress=False, overwrite=True)
+    assert len(runs) == 4
+
+
+def test_the_finetune_command_takes_a_teacher(checkpoints, data, tmp_path):
+    from click.testing import CliRunner
+
+    from latexport.cli import main
+
+    arguments = ["finetune", str(checkpoints[("bert", "feature-extraction")]), "-o", str(tmp_path / "o"),
+                 "--train", data["train"], "--validation", data["validation"], "--epochs", "1",
+                 "--batch-size", "16", "--max-length", "32", "--teacher", "plain"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "plain teacher" in result.output and str(tmp_path / "o-plain-teacher") in result.output
+    record = json.loads((tmp_path / "o" / "latexport_finetune.json").read_text())
+    assert record["settings"]["teacher"] == str(tmp_path / "o-plain-teacher")

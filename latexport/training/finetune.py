@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 SETTINGS_FILE = "latexport_finetune.json"
 STATE_FILE = "training_state.pt"
 RECIPES = ("lat", "plain")
+TEACHER_PLAIN = "plain"
 
 
 class TrainingError(LatexportError):
@@ -86,7 +87,9 @@ class FinetuneSettings:
     power: Optional[float] = None  # None: chosen from the training texts' length (``auto_power``)
     # Each pruned pass draws its profile power uniformly from this range (None: always ``power``).
     power_range: Optional[tuple[float, float]] = None
-    # A fine-tuned classifier (usually a plain run on the same data) to start from and distil from, frozen.
+    # What the pruned passes distil from: None, the model's own full pass; "plain", a plain run trained
+    # first (``teacher_directory``); or the path of a fine-tuned classifier for the same labels.  With a
+    # teacher, training starts from its weights and distils every pass from its frozen outputs.
     teacher: Optional[str] = None
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -115,8 +118,6 @@ class FinetuneSettings:
         """These settings with ``power`` fixed (``auto_power`` when it was left out)."""
         if self.power is not None:
             return self
-        from dataclasses import replace
-
         return replace(self, power=auto_power(train_lengths))
 
     def fingerprint(self) -> str:
@@ -584,15 +585,46 @@ def finetune(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` on ``train`` (a file or hub split) into ``out_dir``; resumes an interrupted run."""
-    out_dir = Path(out_dir)
-    if overwrite and out_dir.exists():
-        import shutil
+    """Fine-tune ``model`` on ``train`` (a file or hub split) into ``out_dir``; resumes an interrupted run.
 
-        shutil.rmtree(out_dir)
+    With ``settings.teacher == "plain"`` (LAT), a plain fine-tuning run comes first, into
+    ``teacher_directory(out_dir)``, and the LAT run starts from it and distils from it.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    plain_first = settings.recipe == "lat" and settings.teacher == TEACHER_PLAIN
+    if overwrite:
+        for directory in (out_dir, teacher_directory(out_dir)) if plain_first else (out_dir,):
+            if directory.exists():
+                shutil.rmtree(directory)
     train_examples = read_examples(train, columns)
     validation_examples = read_examples(validation, columns)
+    if plain_first:
+        teacher_dir = teacher_directory(out_dir)
+        plain = replace(settings, recipe="plain", teacher=None)
+        if not completed_run(teacher_dir, plain):
+            log.warning("fine-tuning the plain teacher first, into %s", teacher_dir)
+            Trainer(model, train_examples, validation_examples, teacher_dir, plain).run(progress=progress)
+        settings = replace(settings, teacher=str(teacher_dir))
+    elif settings.teacher == TEACHER_PLAIN:
+        settings = replace(settings, teacher=None)  # a plain run has no teacher
     return Trainer(model, train_examples, validation_examples, out_dir, settings).run(progress=progress)
+
+
+def teacher_directory(out_dir: Path) -> Path:
+    """Where ``teacher="plain"`` keeps the plain run it trains first: beside the output, named after it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}-plain-teacher")
+
+
+def completed_run(directory: Path, settings: FinetuneSettings) -> bool:
+    """A finished run with these settings is in ``directory`` (its power as it was resolved then)."""
+    path = directory / SETTINGS_FILE
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text())
+    return bool(record.get("completed")) and record.get("fingerprint") == replace(settings, power=record.get("power")).fingerprint()
 
 
 class _quiet_transformers:
