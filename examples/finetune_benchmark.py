@@ -14,6 +14,9 @@ runs, with their defaults (nothing here is tuned per task):
 * ``lat``: ``finetune`` (the LAT recipe), ``convert``, ``tune --max-drop 0.01``
   on the validation split, then ``evaluate`` on the held-out test split;
 * ``int8``: both of those converted with ``--quantize dynamic``;
+* ``plain-converged`` (many-class tasks, first seed): plain fine-tuning with
+  far more patience and three times the step budget, the "trained to
+  convergence" reference that the defaults' early stopping is checked against;
 * the rivals, at seed 0: ``truncate-L`` (plain fine-tuning with a smaller
   ``max_length``: the input cut to L tokens) and ``layers-K`` (plain
   fine-tuning of the model with its top layers removed).
@@ -51,7 +54,7 @@ from latexport.runtime.timing import interleaved
 from latexport.training.corpora import splits, subsampled
 from latexport.training.data import read_examples
 from latexport.training.evaluate import TUNING_RATIOS, evaluate, render, tune, write_metadata
-from latexport.training.finetune import FinetuneSettings, completed_run, finetune
+from latexport.training.finetune import FinetuneSettings, completed_run, finetune, step_budget
 
 RESULTS = Path(__file__).resolve().parent.parent / "graphs" / "finetune-matrix"
 GRAPHS = RESULTS.parent
@@ -74,6 +77,7 @@ class Task:
     sizes: tuple[int, ...]  # training examples; 0: the whole training split
     truncations: tuple[int, ...] = ()  # max_length of each truncation rival
     layer_counts: tuple[int, ...] = ()  # layers kept by each fewer-layers rival
+    converged_reference: bool = False  # also a plain run trained to convergence (``CONVERGED``), at the first seed
 
 
 TASKS = {
@@ -85,9 +89,14 @@ TASKS = {
                    truncations=(64, 128), layer_counts=(2, 3, 4)),
     "austen_512": Task("austen_512", "512-token passages: which Austen novel", 512, 16, 8, (0,),
                        truncations=(128, 256), layer_counts=(2, 3, 4)),
-    "trec_fine": Task("trec_fine", "many classes, short: 50 fine TREC labels", 48, 32, 32, (0,)),
-    "austen_volumes": Task("austen_volumes", "many classes, long: novel and volume of a 512-token passage", 512, 16, 8, (0,)),
+    "trec_fine": Task("trec_fine", "many classes, short: 50 fine TREC labels", 48, 32, 32, (0,), converged_reference=True),
+    "austen_volumes": Task("austen_volumes", "many classes, long: novel and volume of a 512-token passage", 512, 16, 8, (0,),
+                           converged_reference=True),
 }
+#: "Trained to convergence", the reference the defaults' early stopping is checked against on many-class
+#: tasks: plain fine-tuning with far more patience and three times the default step budget.
+CONVERGED = "plain-converged"
+CONVERGED_PATIENCE, CONVERGED_BUDGET_FACTOR = 10, 3
 #: LAT recipes measured against the default one (``--ablations``): the FinetuneSettings they change.
 #: ``PLAIN_TEACHER`` stands for the same (task, size, seed)'s plain checkpoint.
 PLAIN_TEACHER = "plain"
@@ -136,6 +145,8 @@ def cells(tasks, sizes: Optional[tuple[int, ...]], seeds, rivals: bool, ablation
             task = TASKS[name]
             for size in sizes or task.sizes:
                 chosen += [Cell(name, size, seed, "plain"), Cell(name, size, seed, "lat")]
+    chosen += [Cell(name, size, seeds[0], CONVERGED) for name in tasks if TASKS[name].converged_reference
+               for size in sizes or TASKS[name].sizes]
     if rivals:
         for name in tasks:
             task = TASKS[name]
@@ -173,6 +184,10 @@ def trained(cell: Cell, files: dict[str, Path]) -> Path:
     changes = dict(ABLATIONS.get(cell.variant, {}))
     if changes.get("teacher") == PLAIN_TEACHER:
         changes["teacher"] = str(trained(Cell(cell.task, cell.size, cell.seed, "plain"), files))
+    if cell.variant == CONVERGED:
+        examples = len(read_examples(str(files["train"])).texts)
+        changes.update(patience=CONVERGED_PATIENCE,
+                       max_steps=CONVERGED_BUDGET_FACTOR * step_budget(examples, task.train_batch))
     settings = FinetuneSettings(recipe=recipe, batch_size=task.train_batch, max_length=max_length, seed=cell.seed,
                                 **changes)
     checkpoint = cell.work / "checkpoint"
@@ -323,9 +338,30 @@ def print_summary(summary: dict) -> None:
         print(f"{entry['seed']:>4} {entry['plain_full']:>10.4f} {entry['lat_full']:>8.4f} {_tuned(entry):>10} "
               f"{entry['tuned_test_accuracy']:>8.4f} {entry['tuned_test_drop_points']:>6.2f}p "
               f"{entry['tuned_test_speedup']:>7.2f}x {best_text:>13} {entry['plain_steps']:>7}/{entry['lat_steps']}")
+    reference = summary.get("converged_reference")
+    if reference:
+        defaults = ", ".join(f"{variant} {reference[f'default_{variant}_full']:.4f} ({reference[f'default_{variant}_steps']} steps)"
+                             for variant in ("plain", "lat") if f"default_{variant}_full" in reference)
+        print(f"seed {reference['seed']}: plain trained to convergence {reference['converged_plain_full']:.4f} "
+              f"({reference['converged_steps']} steps); the defaults at 1.0: {defaults}")
     print(f"mean: plain full {summary['mean_plain_full']:.4f}, LAT at 1.0 {summary['mean_lat_full_minus_plain_points']:+.2f} "
           f"points; the tuned ratio on test: {summary['mean_tuned_test_drop_points']:.2f} points down at "
           f"{summary['mean_tuned_test_speedup']:.2f}x")
+
+
+def converged_reference(task_name: str, size: int, seed: int) -> Optional[dict]:
+    """The defaults against plain fine-tuning trained to convergence, at keep_ratio 1 on test."""
+    converged = load(Cell(task_name, size, seed, CONVERGED))
+    if converged is None:
+        return None
+    entry = {"seed": seed, "converged_plain_full": accuracy(converged["float32"]["rows"], 1.0)["accuracy"],
+             "converged_steps": converged["steps"], "converged_stopping": converged["stopping"].get("reason")}
+    for variant in ("plain", "lat"):
+        result = load(Cell(task_name, size, seed, variant))
+        if result:
+            entry[f"default_{variant}_full"] = accuracy(result["float32"]["rows"], 1.0)["accuracy"]
+            entry[f"default_{variant}_steps"] = result["steps"]
+    return entry
 
 
 def _tuned(entry: dict) -> str:
@@ -389,6 +425,7 @@ def report(tasks, sizes, seeds, ablations: tuple[str, ...] = ()) -> None:
             summary = summarize(name, size, seeds)
             if summary is None:
                 continue
+            summary["converged_reference"] = converged_reference(name, size, seeds[0])
             print_summary(summary)
             write_text_atomic(RESULTS / f"{name}-n{size or 'all'}-summary.json", json.dumps(summary, indent=2))
             if plot_pareto(name, size, seeds[0], GRAPHS / f"finetune-{name}-n{size or 'all'}.png"):
