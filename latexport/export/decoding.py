@@ -35,7 +35,8 @@ class LayerCache:
         self.past = past
         self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None, **ignored):
+        """transformers 4 passes ``cache_kwargs``, 5 ``kwargs=``; neither matters to a plain list of layers."""
         if self.past is not None:
             past_key, past_value = self.past[layer_idx]
             key, value = torch.cat([past_key, key], dim=2), torch.cat([past_value, value], dim=2)

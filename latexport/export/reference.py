@@ -31,6 +31,7 @@ it is for validation and tests, never for serving.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -116,7 +117,7 @@ class Architecture:
         """Anything computed once per row over all its tokens (T5's bias)."""
 
     def run_layer(self, model, layer, hidden: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
-        return layer(hidden, attention_mask=None, output_attentions=True)[0]  # one unpadded row: no mask
+        return _states(layer(hidden, attention_mask=None, output_attentions=True))  # one unpadded row: no mask
 
     def final(self, model, hidden: torch.Tensor) -> torch.Tensor:
         return hidden
@@ -155,8 +156,10 @@ class DistilBertArchitecture(Architecture):
         return layer.attention
 
     def run_layer(self, model, layer, hidden, positions):
-        mask = torch.ones(hidden.shape[:2], dtype=torch.int64)
-        return layer(hidden, attn_mask=mask, output_attentions=True)[-1]
+        if "attn_mask" in inspect.signature(layer.forward).parameters:  # transformers 4: (weights, states)
+            mask = torch.ones(hidden.shape[:2], dtype=torch.int64)
+            return layer(hidden, attn_mask=mask, output_attentions=True)[-1]
+        return _states(layer(hidden, attention_mask=None))
 
     def classify(self, model, hidden, ids):
         pooled = torch.relu(model.pre_classifier(hidden[:, 0]))
@@ -186,13 +189,18 @@ class T5Architecture(Architecture):
     def run_layer(self, model, layer, hidden, positions):
         index = torch.from_numpy(positions)
         bias = self._bias[:, :, index][:, :, :, index]  # every kept pair keeps its original distance
-        return layer(hidden, attention_mask=None, position_bias=bias, output_attentions=True)[0]
+        return _states(layer(hidden, attention_mask=None, position_bias=bias, output_attentions=True))
 
     def final(self, model, hidden):
         return self.base(model).final_layer_norm(hidden)
 
     def classify(self, model, hidden, ids):
         return model(input_ids=ids, encoder_outputs=(hidden,)).logits
+
+
+def _states(output) -> torch.Tensor:
+    """A layer's hidden states: transformers 4 layers return a tuple that starts with them, 5 the tensor alone."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _causal_mask(width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -216,7 +224,7 @@ class GPT2Architecture(Architecture):
         return layer.attn
 
     def run_layer(self, model, layer, hidden, positions):
-        return layer(hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype), output_attentions=True)[0]
+        return _states(layer(hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype), output_attentions=True))
 
     def final(self, model, hidden):
         return self.base(model).ln_f(hidden)
@@ -245,7 +253,7 @@ class LlamaArchitecture(GPT2Architecture):
             hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype), position_ids=position_ids,
             position_embeddings=rotary,
         )
-        return output[0] if isinstance(output, tuple) else output
+        return _states(output)
 
     def final(self, model, hidden):
         return self.base(model).norm(hidden)

@@ -14,9 +14,13 @@
   a prompt pass by the attention of its last positions, with its first and
   last tokens protected (``latexport.runtime.scoring``).
 * The drop follows the attention output projection (pre-LN blocks).
+* The cache argument of transformers' attention modules is ``past_key_values``
+  in 4.x and ``cache`` in 5.x (``cache_argument``).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -96,3 +100,10 @@ class DecoderFamily(EncoderFamily):
 
     def lm_head(self, model: nn.Module) -> nn.Module:
         return model.lm_head
+
+
+def cache_argument(attention: nn.Module, cache) -> dict:
+    """The keyword that hands ``cache`` to this attention module: ``cache`` (transformers 5)
+    or ``past_key_values`` (4.x; 5.x still maps it, with a deprecation, until 5.40)."""
+    keyword = "cache" if "cache" in inspect.signature(attention.forward).parameters else "past_key_values"
+    return {keyword: cache}

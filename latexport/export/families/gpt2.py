@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from latexport.export.families.base import LayerShape
-from latexport.export.families.decoder import DecoderFamily
+from latexport.export.families.decoder import DecoderFamily, cache_argument
 
 
 class GPT2Family(DecoderFamily):
@@ -39,7 +39,9 @@ class GPT2Family(DecoderFamily):
         return self.causal_mask(valid, dtype)
 
     def attend(self, layer: nn.Module, hidden: torch.Tensor, mask, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
-        projected, probs = layer.attn(layer.ln_1(hidden), past_key_values=cache, attention_mask=mask, output_attentions=True)
+        projected, probs = layer.attn(
+            layer.ln_1(hidden), attention_mask=mask, output_attentions=True, **cache_argument(layer.attn, cache)
+        )
         return projected, probs
 
     def finish(self, layer: nn.Module, mixed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from latexport.export.families.base import LayerShape
-from latexport.export.families.decoder import DecoderFamily
+from latexport.export.families.decoder import DecoderFamily, cache_argument
 
 
 class LlamaFamily(DecoderFamily):
@@ -58,7 +58,8 @@ class LlamaFamily(DecoderFamily):
     def attend(self, layer: nn.Module, hidden: torch.Tensor, inputs, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
         mask, rotary = inputs
         projected, probs = layer.self_attn(
-            layer.input_layernorm(hidden), position_embeddings=rotary, attention_mask=mask, past_key_values=cache
+            layer.input_layernorm(hidden), position_embeddings=rotary, attention_mask=mask,
+            **cache_argument(layer.self_attn, cache),
         )
         return projected, probs
 
