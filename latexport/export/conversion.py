@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -26,7 +24,7 @@ from latexport.export.checkpoint import (
     load_checkpoint,
     sentence_transformers_pooling,
 )
-from latexport.export.decoding import PrefillWrapper, cache_axes, export_decode_step
+from latexport.export.decoding import PrefillWrapper, cache_axes, export_decode_step, export_seq2seq_decoders
 from latexport.export.families import (
     TASK_CLASSIFICATION,
     TASK_FEATURES,
@@ -71,7 +69,7 @@ log = logging.getLogger(__name__)
 # 17 has LayerNormalization as one op; ONNX Runtime 1.20+ and onnxruntime-node run it.
 OPSET = 17
 MODEL_FILE = "model.onnx"
-#: text2text-generation: optimum's decoder graphs, beside model.onnx (the encoder).
+#: text2text-generation: the decoder graphs, beside model.onnx (the encoder), in optimum's layout.
 DECODER_FILE = "decoder_model.onnx"
 DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
 OUTPUT_NAMES = {
@@ -205,27 +203,6 @@ def export_onnx(
     save_traced(traced, path, finish)
 
 
-def export_decoders(checkpoint: str, out_dir: Path) -> None:
-    """Write optimum's T5-style decoder graphs (first step, and with past key/values).
-
-    They take the encoder states and their mask with a dynamic length, so the
-    kept states of any keep_ratio feed them as they are: the decoder needs no
-    change, only fewer encoder word-vectors to cross-attend to.  optimum also
-    writes an encoder and a merged decoder; latexport's own encoder replaces the
-    first, and the second is left out (two plain graphs are simpler to run).
-    """
-    from optimum.exporters.onnx import main_export
-
-    scratch = out_dir / "optimum-export"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        main_export(checkpoint, scratch, task="text2text-generation-with-past", do_validation=False)
-    for name in os.listdir(scratch):
-        if name.startswith(("decoder_model.onnx", "decoder_with_past_model.onnx")) or name == "generation_config.json":
-            os.replace(scratch / name, out_dir / name)  # a graph over 2 GB brings its external data along
-    shutil.rmtree(scratch)
-
-
 def convert(
     checkpoint: str,
     out_dir: Path,
@@ -283,7 +260,9 @@ def convert(
             scratch / MODEL_FILE, loaded, lat, metadata.output_name, metadata.kept_positions_taps, atol, validation_ratios
         )
         if metadata.task == TASK_TEXT2TEXT:
-            export_decoders(checkpoint, scratch)
+            export_seq2seq_decoders(loaded.model, lat.family, scratch, OPSET)
+            if getattr(loaded.model, "generation_config", None) is not None:
+                loaded.model.generation_config.save_pretrained(scratch)
             report.checks.extend(validate_generation(scratch, loaded, lat, atol, validation_ratios).checks)
         if metadata.task == TASK_GENERATION:
             export_decode_step(lat, scratch / DECODER_WITH_PAST_FILE, OPSET)

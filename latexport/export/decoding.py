@@ -175,3 +175,46 @@ class PyTorchGenerator:
         if eos_token_id is not None:
             rows = [row[: row.index(eos_token_id) + 1] if eos_token_id in row else row for row in rows]
         return rows, first_logits.numpy()
+
+
+def seq2seq_cache_names(num_layers: int, prefix: str, with_cross: bool = True) -> list[str]:
+    """optimum's names for an encoder-decoder's cache, in its order: per layer the
+    self-attention (``decoder``) key and value, then the cross-attention (``encoder``) ones."""
+    parts = ("decoder", "encoder") if with_cross else ("decoder",)
+    return [f"{prefix}.{layer}.{part}.{kind}" for layer in range(num_layers) for part in parts for kind in ("key", "value")]
+
+
+def export_seq2seq_decoders(hf_model: nn.Module, family, out_dir: Path, opset: int) -> None:
+    """Trace the family's decoder graph (``EncoderFamily.decoder_graph``) twice, as the
+    first step (``decoder_model.onnx``) and the step with past keys and values
+    (``decoder_with_past_model.onnx``), in optimum's layout and names, so that the
+    runtime and ORTModelForSeq2SeqLM read them alike."""
+    layers = family.layer_shape(hf_model.config).decoder_layers
+    batch, source, new, past = 2, 5, 3, 4
+    input_ids = torch.full((batch, new), 7, dtype=torch.int64)
+    mask = torch.ones((batch, source), dtype=torch.int64)
+    mask[1, 3:] = 0
+    first = family.decoder_graph(hf_model, with_past=False).eval()
+    states = torch.zeros((batch, source, hf_model.config.d_model))
+    with torch.no_grad():
+        example_past = first(torch.full((batch, past), 7, dtype=torch.int64), mask, states)[1:]
+    def axes(names):
+        """Self-attention caches have a length of their own (past or grown), cross-attention ones the encoder's."""
+        own = "past_length" if names[0].startswith("past") else "present_length"
+        return {name: {0: "batch", 2: own if ".decoder." in name else "encoder_length"} for name in names}
+
+    present_all = seq2seq_cache_names(layers, "present")
+    dynamic = {"input_ids": {0: "batch", 1: "new_tokens"}, "encoder_attention_mask": {0: "batch", 1: "encoder_length"},
+               "encoder_hidden_states": {0: "batch", 1: "encoder_length"}, "logits": {0: "batch", 1: "new_tokens"}}
+    path = out_dir / "decoder_model.onnx"
+    traced = trace(first, (input_ids, mask, states), path, ["input_ids", "encoder_attention_mask", "encoder_hidden_states"],
+                   ["logits", *present_all], {**dynamic, **axes(present_all)}, opset)
+    save_traced(traced, path)
+
+    step = family.decoder_graph(hf_model, with_past=True).eval()
+    past_names = seq2seq_cache_names(layers, "past_key_values")
+    present_self = seq2seq_cache_names(layers, "present", with_cross=False)
+    path = out_dir / "decoder_with_past_model.onnx"
+    traced = trace(step, (input_ids[:, :1], mask, *example_past), path, ["input_ids", "encoder_attention_mask", *past_names],
+                   ["logits", *present_self], {**dynamic, **axes(past_names), **axes(present_self)}, opset)
+    save_traced(traced, path)

@@ -133,6 +133,11 @@ class EncoderFamily:
         attention_output = layer.attention.output(mixed, residual)
         return layer.output(layer.intermediate(attention_output), attention_output)
 
+    def decoder_graph(self, model: nn.Module, with_past: bool) -> nn.Module:
+        """Encoder-decoder families: the module traced into the decoder graphs
+        (``latexport.export.decoding.export_seq2seq_decoders``)."""
+        raise NotImplementedError(f"the {self.name} family has no decoder graphs")
+
     def always_keep(self, valid: torch.Tensor) -> torch.Tensor:
         """The token the head reads: [CLS] (or <s>), each row's first real token.
 
