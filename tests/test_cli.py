@@ -164,3 +164,18 @@ def test_bench_compares_files_side_by_side_on_mixed_lengths(runner, bert_classif
     for row, length in enumerate(lengths):
         assert (feed["input_ids"][row, length:] == metadata.pad_token_id).all()
     assert (make_feed(metadata, 8, 40, mixed_lengths=False)["attention_mask"] == 1).all()
+
+
+def test_bench_says_why_an_optimum_baseline_is_skipped(runner, converted, tmp_path, monkeypatch):
+    """Without optimum installed, `--baseline optimum` is skipped with the reason, and the rest runs."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name.startswith("optimum") else real_find_spec(name, *args))
+    result = runner.invoke(main, ["bench", str(converted[("distilbert", "text-classification")]), "--seq-len", "16",
+                                  "--keep-ratios", "1", "--repeats", "2", "--baseline", "optimum", "--no-memory",
+                                  "--graphs", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "skipped plain (optimum): optimum is not installed" in result.output
+    assert "latexport[optimum]" in result.output

@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import pipeline as transformers_pipeline
 
-from latexport.integrations.ortmodel import (
+pytest.importorskip("optimum.onnxruntime", reason='the optimum integration needs `pip install "latexport[optimum]"`')
+
+from latexport.integrations.ortmodel import (  # noqa: E402
     LatexportModelForSequenceClassification,
     LatexportTextClassificationPipeline,
     pipeline,

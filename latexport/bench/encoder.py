@@ -61,6 +61,8 @@ class BenchResult:
     baseline_names: list[str]
     fastest_baseline: Optional[str]
     rows: list[Measurement] = field(default_factory=list)
+    #: Baselines asked for that this environment cannot export, with the reason.
+    skipped_baselines: dict[str, str] = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     #: The timed file's task (a text2text-generation file is its encoder).
     task: Optional[str] = None
@@ -118,14 +120,18 @@ def bench(
     recipes: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}
     # name -> (variant, keep_ratio, metadata of the latexport file, None for plain exports)
     kinds: dict[str, tuple[str, Optional[float], Optional[ModelMetadata]]] = {}
-    baseline_names = []
+    baseline_names, skipped = [], {}
     if baselines:
-        from latexport.export.baseline import baseline_path
+        from latexport.export.baseline import baseline_path, unavailable_reason
 
         source = checkpoint or metadata.source
         if not source:
             raise InvalidInputError("this model does not record its source checkpoint; pass --checkpoint for the baseline")
         for exporter in baselines:
+            reason = unavailable_reason(exporter)
+            if reason is not None:
+                skipped[f"plain ({exporter})"] = reason
+                continue
             plain_path = baseline_path(source, metadata.task, exporter)
             plain = load_session(plain_path, providers, session_options(threads))
             plain_inputs = {i.name for i in plain.get_inputs()}
@@ -163,6 +169,7 @@ def bench(
         repeats=repeats,
         baseline_names=baseline_names,
         fastest_baseline=fastest,
+        skipped_baselines=skipped,
         task=metadata.task,
         environment={
             "onnxruntime": ort.__version__,
@@ -213,6 +220,7 @@ def render(result: BenchResult) -> str:
             f"{_cell(row.estimated_speedup, '8.2f', 'x'):>9} {_cell(of_estimate, '7.0%', ''):>8}"
             f" {_cell(row.peak_mib, '9.0f', ''):>9} {_cell(row.working_mib, '8.0f', ''):>8}"
         )
+    lines.extend(f"skipped {name}: {reason}" for name, reason in result.skipped_baselines.items())
     return "\n".join(lines)
 
 

@@ -15,10 +15,12 @@ latexport cache folder, so repeated benchmarks do not re-export.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from latexport.assets import cache_dir
 from latexport.export.families import TASK_TEXT2TEXT
@@ -44,6 +46,14 @@ def baseline_path(checkpoint: str, task: str, exporter: str) -> Path:
         else:
             _export_optimum(checkpoint, task, scratch, optimize="O2" if exporter == "optimum-O2" else None)
     return model
+
+
+def unavailable_reason(exporter: str) -> Optional[str]:
+    """Why ``exporter`` cannot run in this environment, or None when it can."""
+    if exporter.startswith("optimum") and importlib.util.find_spec("optimum.exporters") is None:
+        return ('optimum is not installed: `pip install "latexport[optimum]"` adds it '
+                "(optimum-onnx 0.1.0 needs transformers<4.58)")
+    return None
 
 
 def _fingerprint(checkpoint: str) -> str:
