@@ -16,7 +16,7 @@ also feeds ``keep_ratio``.  A stock ``pipeline(...)`` without
 ratio); only the pipeline class adds the per-call argument, because the stock
 text-classification pipeline hands unknown arguments to the tokenizer.
 
-Needs ``latexport[export]`` (optimum-onnx and torch); production services that
+Needs ``latexport[optimum]`` (optimum-onnx, which needs transformers<4.58); production services that
 want neither use ``latexport.runtime.session``.
 """
 
