@@ -1,2 +1,2 @@
-"""Integrations with other stacks: optimum's ORTModel API and transformers'
-``pipeline`` (``ortmodel``, needs the ``export`` extra)."""
+"""Integrations with other stacks: transformers' ``pipeline`` (``pipeline``, needs the
+``export`` extra) and optimum's ORTModel API (``ortmodel``, needs the ``optimum`` extra)."""

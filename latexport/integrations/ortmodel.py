@@ -28,9 +28,10 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from optimum.onnxruntime import ORTModelForSequenceClassification
-from transformers import AutoTokenizer, TextClassificationPipeline
+from transformers import AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from latexport.integrations.pipeline import LatexportTextClassificationPipeline
 from latexport.runtime.errors import InvalidInputError, ModelDirectoryError
 from latexport.runtime.session import (
     KeepRatio,
@@ -114,20 +115,6 @@ class LatexportModelForSequenceClassification(ORTModelForSequenceClassification)
         if not return_dict:
             return (logits,)
         return SequenceClassifierOutput(logits=logits)
-
-
-class LatexportTextClassificationPipeline(TextClassificationPipeline):
-    """transformers' text-classification pipeline with a per-call ``keep_ratio`` argument."""
-
-    def _sanitize_parameters(self, keep_ratio: KeepRatio = None, **kwargs):
-        preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
-        if keep_ratio is not None:
-            check_keep_ratio(keep_ratio)  # fail at the call, not inside a batch loop
-            forward_params = {**forward_params, "keep_ratio": keep_ratio}
-        return preprocess_params, forward_params, postprocess_params
-
-    def _forward(self, model_inputs, keep_ratio: KeepRatio = None):
-        return self.model(**model_inputs, keep_ratio=keep_ratio)
 
 
 def pipeline(model_dir: Union[str, Path], provider: str = "CPUExecutionProvider", **pipeline_kwargs) -> LatexportTextClassificationPipeline:
