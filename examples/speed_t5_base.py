@@ -4,8 +4,8 @@
 
 Builds T5-base (12 + 12 layers, d_model 768, 12 heads, ReLU feed-forward 3072;
 random weights are enough for speed) and converts it with
-``--task text2text-generation`` (latexport's encoder plus optimum's decoder
-graphs, validated against transformers).  No T5 vocabulary is available
+``--task text2text-generation`` (latexport's encoder and decoder graphs,
+validated against transformers).  No T5 vocabulary is available
 offline, so the checkpoint carries a small synthetic SentencePiece-style
 tokenizer; the timed inputs are random ids over the model's 32,128-token
 vocabulary and never pass through it.

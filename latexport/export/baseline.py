@@ -6,7 +6,7 @@
 * ``optimum-O2``: optimum's export plus ONNX Runtime's transformer fusions.
 
 For text2text-generation the plain file is optimum's encoder graph, the part
-latexport prunes (the decoder graphs are optimum's in both).
+latexport prunes; the decoder graphs are not part of this comparison.
 
 Exports are cached per checkpoint (path and modification time) under the
 latexport cache folder, so repeated benchmarks do not re-export.
