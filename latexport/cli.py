@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 import click
@@ -30,8 +31,11 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
-def _powers(text: str) -> tuple[float, ...]:
-    """``--powers``: comma-separated profile powers, or ``file`` for the file's own."""
+def _powers(text: str) -> Optional[tuple[float, ...]]:
+    """``--powers``: comma-separated profile powers, ``file`` for the file's own (``()``),
+    or ``task`` for the task's own set (None)."""
+    if text.strip() == "task":
+        return None
     if text.strip() == "file":
         return ()
     try:
@@ -84,7 +88,7 @@ def main(verbose: bool) -> None:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory to write.")
 @click.option("--task", type=click.Choice(["text-classification", "feature-extraction", "text2text-generation", "text-generation"]), help="Default: from the checkpoint.")
 @click.option("--atol", default=1e-4, show_default=True, help="Validation tolerance on logits/embeddings.")
-@click.option("--power", type=float, help="Elimination profile shape: fraction(l) = keep_ratio ** ((l/L) ** power) (default: the fine-tuning run's, else 1.5).")
+@click.option("--power", type=float, help="Elimination profile shape: fraction(l) = keep_ratio ** ((l/L) ** power) (default: the fine-tuning run's, else the family's profile for the task: 1.5; a prompt pass holds off for its first 13%% of layers, then power 0.25).")
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), help="Feature extraction pooling (default: the checkpoint's, else mean).")
 @click.option("--tokenizer", help="Directory or hub id of the tokenizer, if the checkpoint has none.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
@@ -433,9 +437,9 @@ def evaluate(model_dir, data, text_column, text_pair_column, label_column, keep_
 @click.option("--windows", default=32, show_default=True, type=click.IntRange(1),
               help="Text generation: at most this many windows, taken round-robin over the documents.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="ONNX Runtime intra-op threads (0: all cores).")
-@click.option("--powers", "powers", default="1,1.5,2,3", show_default=True, callback=lambda c, p, v: _powers(v),
+@click.option("--powers", "powers", default="task", show_default=True, callback=lambda c, p, v: _powers(v),
               help="Profile powers to try, each evaluated on the data; the chosen one is written into the file. "
-                   "'file': keep the file's own.")
+                   "'task': 1,1.5,2,3 for a classifier, 0.25,0.5,1,1.5 for text generation; 'file': keep the file's own.")
 def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop, max_rise, target_speedup, batch_size,
          prompt_tokens, scored_tokens, windows, threads, powers):
     """Choose MODEL_DIR's default keep ratio and profile offline, from a constraint measured on held-out data.
@@ -457,7 +461,7 @@ def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop,
         raise click.UsageError("--max-rise is for text-generation directories; a classifier takes --max-drop")
     result = evaluation.tune(model_dir, data, Columns(text_column, text_pair_column, label_column), max_drop=max_drop,
                              target_speedup=target_speedup, batch_size=batch_size, threads=threads,
-                             powers=powers or None)
+                             **_powers_argument(powers))
     click.echo(evaluation.render(result.evaluation))
     if len(result.evaluations) > 1:
         click.echo(evaluation.render_powers(result))
@@ -471,12 +475,17 @@ def tune(model_dir, data, text_column, text_pair_column, label_column, max_drop,
         click.echo(f"note: {result.note}")
 
 
+def _powers_argument(powers: Optional[tuple[float, ...]]) -> dict:
+    """None (``task``): the tuner's own default; ``()`` (``file``): the file's own power only."""
+    return {} if powers is None else {"powers": powers or None}
+
+
 def _tune_language_model(model_dir, data, text_column, max_rise, target_speedup, prompt_tokens, scored_tokens, windows,
                          threads, powers):
     from latexport.training import evaluate_lm
 
     result = evaluate_lm.tune_language_model(
-        model_dir, [data], text_column, max_rise=max_rise, target_speedup=target_speedup, powers=powers or None,
+        model_dir, [data], text_column, max_rise=max_rise, target_speedup=target_speedup, **_powers_argument(powers),
         prompt_tokens=prompt_tokens, scored_tokens=scored_tokens, max_windows=windows, threads=threads,
     )
     click.echo(evaluate_lm.render(result.evaluation))

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from latexport.runtime.profile import EliminationProfile, clamp_keep_ratio
+from latexport.runtime.errors import SettingsError
+from latexport.runtime.profile import PROMPT_PASS_POWER, EliminationProfile, clamp_keep_ratio, prompt_pass_profile
 
 
 def test_formula_matches_documentation():
@@ -63,3 +64,25 @@ def test_json_round_trip_and_bad_profiles():
         EliminationProfile(num_layers=3, power=float("nan"))
     with pytest.raises(ValueError):
         EliminationProfile(num_layers=3, name="linear")
+
+
+def test_a_delay_keeps_everything_first_then_decays_over_the_rest():
+    profile = EliminationProfile(num_layers=10, power=0.5, delay=4)
+    counts = profile.kept_counts(100, 0.2)
+    assert counts[:4] == [100, 100, 100, 100]
+    for layer in range(5, 11):  # 1-based, as documented
+        assert counts[layer - 1] == math.ceil(100 * 0.2 ** (((layer - 4) / 6) ** 0.5) - 1e-3)
+    assert counts[-1] == 20
+    assert "layers 1-4 keep everything" in profile.describe()
+    assert EliminationProfile.from_json(profile.to_json()) == profile
+    old_file = '{"name": "power", "num_layers": 10, "power": 0.5}'  # recorded before delays existed
+    assert EliminationProfile.from_json(old_file).delay == 0
+    for bad in (-1, 10, 2.5, True):
+        with pytest.raises(SettingsError, match="delay"):
+            EliminationProfile(num_layers=10, delay=bad)
+
+
+def test_prompt_pass_profile_scales_its_delay_with_depth():
+    assert prompt_pass_profile(30) == EliminationProfile(30, power=PROMPT_PASS_POWER, delay=4)
+    assert prompt_pass_profile(12).delay == 2
+    assert prompt_pass_profile(2).delay == 0

@@ -61,7 +61,7 @@ from latexport.runtime.atomic import atomic_directory, check_target_free
 from latexport.runtime.errors import SettingsError, ValidationError
 from latexport.runtime.estimate import FlopsModel
 from latexport.runtime.metadata import ENCODER_MASK_OUTPUT, ModelMetadata
-from latexport.runtime.profile import DEFAULT_POWER, EliminationProfile
+from latexport.runtime.profile import EliminationProfile
 from latexport.runtime.scoring import ScoringRule
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,15 @@ class ConvertResult:
 
 
 def build_model(
-    loaded: LoadedCheckpoint, power: float = DEFAULT_POWER, pooling: str = "mean", scoring: Optional[ScoringRule] = None
+    loaded: LoadedCheckpoint, power: Optional[float] = None, pooling: str = "mean", scoring: Optional[ScoringRule] = None
 ) -> LatencyAdjustableModel:
-    shape = loaded.family.layer_shape(loaded.config)
-    profile = EliminationProfile(num_layers=shape.num_layers, power=power)
+    """``power`` None: the family's profile for the task (``EncoderFamily.default_profile``);
+    a power: ``keep_ratio ** ((l / L) ** power)`` from the first layer, as fine-tuning trains."""
+    layers = loaded.family.layer_shape(loaded.config).num_layers
+    if power is None:
+        profile = loaded.family.default_profile(layers, loaded.task)
+    else:
+        profile = EliminationProfile(num_layers=layers, power=power)
     return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling, scoring=scoring).eval()
 
 
@@ -246,7 +251,7 @@ def convert(
             f"--optimize, --quantize and --fp16 apply to single-graph tasks; a {loaded.task} "
             "directory's decoder graph would stay float32 and unfused, so they are not offered for it yet"
         )
-    power = power if power is not None else finetuned_power(checkpoint) or DEFAULT_POWER
+    power = power if power is not None else finetuned_power(checkpoint)
     pooling = pooling or sentence_transformers_pooling(checkpoint) or "mean"
     lat = build_model(loaded, power=power, pooling=pooling, scoring=scoring)
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint

@@ -21,6 +21,7 @@ from latexport.export.families import (
     EncoderFamily,
 )
 from latexport.export.selection import (
+    copy_sources,
     keep_counts,
     real_tokens_first,
     relative_position_bias,
@@ -126,6 +127,7 @@ class LatencyAdjustableModel(nn.Module):
         bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
         kept_positions, cache_masks = [], []
         rule = self.scoring
+        copy_source = copy_sources(input_ids, valid, rule.copy_ngram, rule.copy_span) if rule.copies else None
         for layer, exponent in zip(family.layers(core), self.exponents):
             if cache is not None:
                 cache_masks.append(valid.to(torch.int64))
@@ -137,6 +139,7 @@ class LatencyAdjustableModel(nn.Module):
                 hidden, mixed, valid, positions = select(
                     probs, valid, always_keep, keep, hidden, mixed, positions, family.causal,
                     rule.last_queries, rule.sinks, rule.recent, valid_lengths, rule.span_before, rule.span_after,
+                    copy_source,
                 )
             else:
                 hidden, mixed, valid, positions, bias = select_with_bias(

@@ -15,8 +15,9 @@ catch a bug in the selection.  This module shares no code with
   by the number of queries that can see each key; under a rule counting the
   last W queries, over those rows alone; a rule may spread each score over
   its neighbours, a sliding max), the head's token is pinned, the
-  scoring rule's sinks and recent tokens rank next, in tiers, and the kept
-  set is a stable sort, ties to the lower position;
+  scoring rule's sinks, recent tokens and copy sources (found by comparing
+  token ids in a Python loop) rank next, in tiers, and the kept set is a
+  stable sort, ties to the lower position;
 * the layer's output rows of the kept word-vectors go on to the next layer.
 
 Dropping after the whole layer equals latexport's drop after the attention
@@ -78,12 +79,31 @@ def reference_spread(scores: np.ndarray, before: int, after: int) -> np.ndarray:
     return np.array([scores[max(0, i - after): min(n, i + before + 1)].max() for i in range(n)])
 
 
-def reference_tiers(positions: np.ndarray, length: int, pinned: Optional[int], sinks: int, recent: int) -> np.ndarray:
-    """[n] rank tier of each alive word-vector: 3 the head's token, 2 a sink
-    (position < sinks), 1 a recent one (position >= length - recent), 0 the rest."""
-    tiers = np.where(positions < sinks, 2, np.where(positions >= length - recent, 1, 0))
+def reference_copy_sources(ids: Sequence[int], ngram: int, span: int) -> set[int]:
+    """Positions of the ``span`` tokens after every earlier occurrence (one that starts
+    before the last ``ngram`` tokens do) of the row's last ``ngram`` tokens."""
+    ids = list(ids)
+    length = len(ids)
+    if ngram == 0 or length <= ngram:
+        return set()
+    tail = ids[-ngram:]
+    sources = set()
+    for start in range(length - ngram):
+        if ids[start : start + ngram] == tail:
+            sources.update(range(start + ngram, min(length, start + ngram + span)))
+    return sources
+
+
+def reference_tiers(
+    positions: np.ndarray, length: int, pinned: Optional[int], sinks: int, recent: int, copied: set[int] = frozenset()
+) -> np.ndarray:
+    """[n] rank tier of each alive word-vector: 4 the head's token, 3 a sink
+    (position < sinks), 2 a recent one (position >= length - recent), 1 a copy
+    source (position in ``copied``), 0 the rest."""
+    is_copied = np.array([position in copied for position in positions], dtype=bool)
+    tiers = np.where(positions < sinks, 3, np.where(positions >= length - recent, 2, np.where(is_copied, 1, 0)))
     if pinned is not None:
-        tiers[pinned] = 3
+        tiers[pinned] = 4
     return tiers
 
 
@@ -298,6 +318,7 @@ def reference_row(
         hidden = architecture.embed(model, ids, types)
         architecture.prepare(model, hidden)
         positions = np.arange(length)
+        copied = reference_copy_sources(ids[0].tolist(), scoring.copy_ngram, scoring.copy_span)
         for layer, exponent in zip(architecture.layers(model), exponents):
             handle = architecture.attention(layer).register_forward_hook(
                 lambda module, args, output: captured.append(output[-1])
@@ -312,7 +333,7 @@ def reference_row(
             keep = reference_keep_count(length, alive, keep_ratio, exponent)
             scores = reference_acc(probs, architecture.causal, scoring.last_queries)
             scores = reference_spread(scores, scoring.span_before, scoring.span_after)
-            tiers = reference_tiers(positions, length, pinned, scoring.sinks, scoring.recent)
+            tiers = reference_tiers(positions, length, pinned, scoring.sinks, scoring.recent, copied)
             kept = reference_pick(scores, keep, tiers)
             hidden = hidden[:, torch.from_numpy(kept)]
             positions = positions[kept]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from latexport.runtime.profile import CEIL_SLACK
-from latexport.runtime.scoring import RECENT_BONUS, SINK_BONUS
+from latexport.runtime.scoring import COPY_BONUS, RECENT_BONUS, SINK_BONUS
 
 
 def sanitize_keep_ratio(keep_ratio: torch.Tensor) -> torch.Tensor:
@@ -109,25 +109,56 @@ def spread_scores(scores: torch.Tensor, valid: torch.Tensor, before: int, after:
     return F.max_pool1d(padded, before + after + 1, 1).squeeze(1)
 
 
+def copy_sources(input_ids: torch.Tensor, valid: torch.Tensor, ngram: int, span: int) -> torch.Tensor:
+    """[B, W] bool by original position: the ``span`` tokens that follow each earlier
+    occurrence of the row's last ``ngram`` tokens (``ScoringRule.copy_ngram``).
+
+    Rows are packed real tokens first, so a column is an original position.  An
+    occurrence must start before the row's own last ``ngram`` tokens do; a row
+    of ``ngram`` tokens or fewer has none.  ``ngram`` comparisons of the row
+    with itself shifted, then one MaxPool carries each match over the span.
+    """
+    batch, width = input_ids.shape
+    lengths = valid.to(torch.int64).sum(dim=1, keepdim=True)
+    columns = torch.arange(width, dtype=torch.int64, device=input_ids.device).unsqueeze(0)
+    matches = torch.logical_and(valid, columns + ngram < lengths)
+    for offset in range(ngram):
+        tail_token = input_ids.gather(1, (lengths - ngram + offset).clamp(min=0))
+        shifted = torch.cat([input_ids[:, offset:], torch.full_like(input_ids[:, :offset], -1)], dim=1)
+        matches = torch.logical_and(matches, shifted == tail_token)
+    # Token i is a source when a match starts in i - ngram - span + 1 .. i - ngram.
+    padded = F.pad(matches.to(torch.float32).unsqueeze(1), [ngram + span - 1, 0])
+    sources = F.max_pool1d(padded, span, 1).squeeze(1)[:, :width] > 0
+    return torch.logical_and(sources, valid)
+
+
 def protection_bonus(
     positions: torch.Tensor, valid: torch.Tensor, valid_lengths: torch.Tensor, sinks: int, recent: int,
     sink_bonus: float = SINK_BONUS, recent_bonus: float = RECENT_BONUS,
+    copy_source: Optional[torch.Tensor] = None, copy_bonus: float = COPY_BONUS,
 ) -> torch.Tensor:
     """[B, N] float64 added to the scores: ``SINK_BONUS`` for a row's first ``sinks``
-    tokens, ``RECENT_BONUS`` for its last ``recent`` (by original position; the
-    bonuses are arguments only because TorchScript cannot read module globals).
+    tokens, ``RECENT_BONUS`` for its last ``recent`` (by original position), and
+    ``COPY_BONUS`` for a copy source (``copy_source`` [B, W], ``copy_sources``, by
+    original position).  The bonuses are arguments only because TorchScript
+    cannot read module globals.
 
-    Both exceed any score (``ScoringRule.check``), so those tokens are kept before
+    All exceed any score (``ScoringRule.check``), so those tokens are kept before
     any scored one; when the layer keeps fewer than are protected, sinks go
-    first and the recent ones compete among themselves on their scores.  In
-    float64 a float32 score plus the bonus is exact, so the ranking within a
-    tier is the scores' own, as the independent reference ranks them.
+    first, then recent ones, then copy sources, each tier competing within
+    itself on its scores.  In float64 a float32 score plus the bonus is exact,
+    so the ranking within a tier is the scores' own, as the independent
+    reference ranks them.
     """
     sink = torch.logical_and(valid, positions < sinks)
     near_end = torch.logical_and(valid, positions.to(torch.float32) >= valid_lengths.unsqueeze(1) - float(recent))
     zero = torch.zeros(positions.shape, dtype=torch.float64, device=positions.device)
+    rest = zero
+    if copy_source is not None:
+        copied = torch.logical_and(valid, copy_source.gather(1, positions.clamp(min=0, max=copy_source.shape[1] - 1)))
+        rest = torch.where(copied, zero + copy_bonus, zero)
     # A sink that is also recent is a sink: one tier each, so that ties within a tier stay ties.
-    return torch.where(sink, zero + sink_bonus, torch.where(near_end, zero + recent_bonus, zero))
+    return torch.where(sink, zero + sink_bonus, torch.where(near_end, zero + recent_bonus, rest))
 
 
 def rank_and_pick(scores: torch.Tensor, keep: torch.Tensor, widest: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -188,13 +219,16 @@ def drop_tokens(
     valid_lengths: Optional[torch.Tensor] = None,
     span_before: int = 0,
     span_after: int = 0,
+    copy_source: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
     the indices into this layer's N, for state that must follow the survivors."""
     batch, width = valid.shape
     scores = spread_scores(acc_scores(probs, valid, causal, last_queries), valid, span_before, span_after)
-    if valid_lengths is not None and (sinks > 0 or recent > 0):
-        scores = scores.to(torch.float64) + protection_bonus(positions, valid, valid_lengths, sinks, recent)
+    if valid_lengths is not None and (sinks > 0 or recent > 0 or copy_source is not None):
+        scores = scores.to(torch.float64) + protection_bonus(
+            positions, valid, valid_lengths, sinks, recent, copy_source=copy_source
+        )
     always_keep = torch.logical_and(always_keep, valid)  # a pinned column that is padding stays padding
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
     kept, kept_valid = rank_and_pick(scores, keep, int(widest))
@@ -224,6 +258,7 @@ def select_tokens(
     valid_lengths: Optional[torch.Tensor] = None,
     span_before: int = 0,
     span_after: int = 0,
+    copy_source: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Drop the word-vectors with the lowest ACC after a layer's attention.
 
@@ -237,6 +272,7 @@ def select_tokens(
     last_queries, sinks, recent, span_before, span_after: the scoring rule
                  (``acc_scores``, ``protection_bonus``, ``spread_scores``), with
                  ``valid_lengths`` [B] float32, each sample's original length.
+    copy_source: [B, W] bool by original position, or None (``copy_sources``).
 
     When every sample keeps all it has and the tensor has no spare width, the
     layer is left untouched: the exported If skips scoring, protection and
@@ -247,7 +283,7 @@ def select_tokens(
         return residual, mixed, valid, positions
     residual, mixed, kept_valid, positions, _ = drop_tokens(
         probs, valid, always_keep, keep, residual, mixed, positions, widest, causal, last_queries, sinks, recent,
-        valid_lengths, span_before, span_after,
+        valid_lengths, span_before, span_after, copy_source,
     )
     return residual, mixed, kept_valid, positions
 

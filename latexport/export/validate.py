@@ -118,6 +118,11 @@ def validation_inputs(loaded: LoadedCheckpoint, seed: int = 0, room: int = 0) ->
                 ids[row, 0] = start_id
             if end_id is not None and length > 1:
                 ids[row, length - 1] = end_id
+            if loaded.family.causal and length >= 16:
+                # The prompt ends by repeating an earlier passage, as a quote or a rerun story
+                # does, so that a decoder rule's copy sources have something to find.
+                block = length // 4
+                ids[row, length - block : length] = ids[row, length // 8 : length // 8 + block]
             mask[row, :length] = 1
             if uses_token_types and length > 4:
                 types[row, length // 2 : length] = 1

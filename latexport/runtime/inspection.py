@@ -53,7 +53,7 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
         f"inputs -> output    {', '.join(metadata.input_names)} -> {describe_outputs(metadata)}",
         f"labels              {', '.join(metadata.labels) if metadata.labels else '-'}",
         f"max length          {metadata.max_length}",
-        f"profile             kept fraction after layer l = keep_ratio ** ((l / {profile.num_layers}) ** {profile.power:g})",
+        f"profile             {profile.describe()}",
         f"which survive       {metadata.scoring.describe()}",
         f"default keep_ratio  {metadata.default_keep_ratio:g}",
         f"graph variant       {' + '.join(metadata.optimizations) or 'float32, unfused'}",

@@ -20,6 +20,7 @@ Needs only ``onnx`` and numpy; external weight files are left where they are.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -63,12 +64,13 @@ def reprofile(
     model_path = Path(model_path)
     proto = onnx.load(str(model_path), load_external_data=False)
     old = _recorded_profile(proto, model_path)
-    new = EliminationProfile(num_layers=old.num_layers, power=float(power), name=old.name)
+    new = replace(old, power=float(power))  # the same delay: only the decay's shape changes
     layer_pows = exponent_nodes(proto.graph, old, model_path)
 
-    replaced = {node.input[1] for node in layer_pows}
-    for layer, (node, exponent) in enumerate(zip(layer_pows, new.exponents())):
-        name = EXPONENT_NAME.format(layer=layer)
+    replaced = {node.input[1] for _, node in layer_pows}
+    exponents = new.exponents()
+    for layer, node in layer_pows:
+        name, exponent = EXPONENT_NAME.format(layer=layer), exponents[layer]
         stored = [i for i in proto.graph.initializer if i.name == name]
         tensor = onnx.numpy_helper.from_array(np.array(exponent, dtype=np.float32), name)
         if stored:
@@ -91,7 +93,11 @@ def reprofile(
 
 
 def exponent_nodes(graph, profile: EliminationProfile, model_path: Path) -> list:
-    """The per-layer ``Pow`` nodes, in layer order, checked against ``profile``."""
+    """(layer, ``Pow`` node) of every decaying layer, in layer order, checked against ``profile``.
+
+    The layers within the profile's delay raise keep_ratio to the power 0; the
+    exporter merges those identical nodes into one, and a new power leaves them
+    as they are, so they are checked but not returned."""
     sanitised = _sanitised_ratio_values(graph)
     pows = [node for node in graph.node if node.op_type == "Pow" and node.input[0] in sanitised]
     constants = _constant_values(graph, {node.input[1] for node in pows})
@@ -101,8 +107,10 @@ def exponent_nodes(graph, profile: EliminationProfile, model_path: Path) -> list
         if value is None or value.size != 1:
             raise ReprofileError(f"{model_path}: the keep_ratio Pow {node.name!r} has no constant scalar exponent")
         found.append((float(value.reshape(())), node))
-    expected = profile.exponents()
-    if len(found) != len(expected):
+    holding = [node for value, node in found if value == 0.0]
+    found = [(value, node) for value, node in found if value != 0.0]
+    expected = profile.exponents()[profile.delay :]
+    if len(found) != len(expected) or bool(holding) != (profile.delay > 0):
         raise ReprofileError(
             f"{model_path}: found {len(found)} keep_ratio exponents for a {profile.num_layers}-layer profile; "
             "this graph was not written by latexport convert, or was edited since"
@@ -114,7 +122,7 @@ def exponent_nodes(graph, profile: EliminationProfile, model_path: Path) -> list
             f"{model_path}: the graph's exponents {[round(v, 6) for v in got]} are not those of its recorded profile "
             f"(power {profile.power:g}: {[round(v, 6) for v in expected]})"
         )
-    return [node for _, node in found]
+    return [(profile.delay + index, node) for index, (_, node) in enumerate(found)]
 
 
 def _recorded_profile(proto, model_path: Path) -> EliminationProfile:

@@ -39,7 +39,6 @@ from latexport.runtime.session import MODEL_FILE
 from latexport.runtime.timing import interleaved
 from latexport.training.data import read_documents
 from latexport.training.evaluate import (
-    TUNING_POWERS,
     bootstrap_indices,
     percentile_interval,
     with_power,
@@ -47,7 +46,10 @@ from latexport.training.evaluate import (
 )
 
 #: Ratios tried by default: a decoder's prompt pass pays off at small ratios.
-GENERATION_TUNING_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02)
+GENERATION_TUNING_RATIOS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02)
+#: Powers tried by default, each after the file's own delay: a prompt pass does best at
+#: low powers (``latexport.runtime.profile.prompt_pass_profile``).
+GENERATION_TUNING_POWERS = (0.25, 0.5, 1.0, 1.5)
 DEFAULT_MAX_RISE = 0.05
 _ROUNDING = 1e-9
 
@@ -210,7 +212,8 @@ class LanguageTuneResult:
 
 def tune_language_model(
     model_dir: Path, sources: list[str], text_column: str = "text", max_rise: Optional[float] = None,
-    target_speedup: Optional[float] = None, keep_ratios=GENERATION_TUNING_RATIOS, powers: Optional[tuple] = TUNING_POWERS,
+    target_speedup: Optional[float] = None, keep_ratios=GENERATION_TUNING_RATIOS,
+    powers: Optional[tuple] = GENERATION_TUNING_POWERS,
     prompt_tokens: int = 1024, scored_tokens: int = 64, max_windows: int = 32, repeats: int = 5, threads: int = 0,
 ) -> LanguageTuneResult:
     """Evaluate at each profile power, choose the power and ratio, record both in model.onnx."""

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from latexport.runtime.profile import DEFAULT_POWER, EliminationProfile
 from latexport.runtime.scoring import ScoringRule
 
 TASK_CLASSIFICATION = "text-classification"
@@ -86,6 +87,10 @@ class EncoderFamily:
     def scoring_rule(self, task: str) -> ScoringRule:
         """Which word-vectors a layer keeps for ``task`` (``latexport.runtime.scoring``): the paper's ACC."""
         return ScoringRule()
+
+    def default_profile(self, num_layers: int, task: str) -> EliminationProfile:
+        """How many each layer keeps for ``task`` when no power is asked for (``latexport.runtime.profile``)."""
+        return EliminationProfile(num_layers, power=DEFAULT_POWER)
 
     # --- the forward pass, in the order the layer loop calls it ---------
     def core(self, model: nn.Module) -> nn.Module:

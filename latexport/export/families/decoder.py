@@ -30,6 +30,7 @@ from latexport.export.families.base import (
     TASK_GENERATION,
     EncoderFamily,
 )
+from latexport.runtime.profile import EliminationProfile, prompt_pass_profile
 from latexport.runtime.scoring import DECODER_PROMPT_RULE, ScoringRule
 
 
@@ -44,6 +45,12 @@ class DecoderFamily(EncoderFamily):
     def scoring_rule(self, task: str) -> ScoringRule:
         """A prompt pass keeps what the next tokens need (``DECODER_PROMPT_RULE``); a classifier, ACC."""
         return DECODER_PROMPT_RULE if task == TASK_GENERATION else ScoringRule()
+
+    def default_profile(self, num_layers: int, task: str) -> EliminationProfile:
+        """A prompt pass drops by ``PROMPT_PASS_PROFILE`` (``latexport.runtime.profile``); a classifier, as encoders do."""
+        if task == TASK_GENERATION:
+            return prompt_pass_profile(num_layers)
+        return super().default_profile(num_layers, task)
 
     def model_class(self, task: str):
         from transformers import (
