@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--passkey-tokens", type=int, default=1000)
     parser.add_argument("--passkey-placements", type=int, default=20, help="depths of the key, evenly spread")
     parser.add_argument("--quick", action="store_true", help="1,024 tokens, 2 prompts a kind")
+    parser.add_argument("--name", help="graphs/NAME.json and .png (default: long-prompts, or long-prompts-quick)")
     args = parser.parse_args()
     if args.quick:
         args.lengths, args.prompts = "1024", 2
@@ -274,7 +275,7 @@ def main() -> None:
                # Measurements come from the cache when present: this is the last invocation only.
                "minutes_this_invocation": (time.perf_counter() - started) / 60}
     GRAPHS.mkdir(exist_ok=True)
-    stem = "long-prompts-quick" if args.quick else "long-prompts"
+    stem = args.name or ("long-prompts-quick" if args.quick else "long-prompts")
     write_text_atomic(GRAPHS / f"{stem}.json", json.dumps(summary, indent=2))
     plot(rows, args.lengths, GRAPHS / f"{stem}.png")
 

@@ -186,54 +186,41 @@ def test_default_rule_file_is_recorded(decoder_converted):
     assert ModelMetadata.from_props(props).scoring == ScoringRule()  # files from before the rule was recorded
 
 
-def test_a_graph_that_ignores_the_protection_fails_validation(decoder_checkpoints, tmp_path, monkeypatch):
-    """Planted bug: the exported pass (and our own PyTorch model with it) drops the
-    protection; only the independent reference can notice, and conversion must refuse."""
-    # The scripted selection the exporter traces, compiled without the protection.
-    def unprotected(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False, last_queries: int = 0,
-                    sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None, span_before: int = 0,
-                    span_after: int = 0, copy_source: Optional[torch.Tensor] = None):
-        return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries)
-    monkeypatch.setattr(model_module, "select_tokens", unprotected)
-    monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(unprotected))
-    with pytest.raises(ValidationError) as failure:
-        convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=SMALL_RULE)
-    failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]
-    assert failed and all("independent" in line for line in failed), failure.value.report
-    assert not (tmp_path / "bad").exists()
+# Planted bugs: the scripted selection the exporter traces (and our PyTorch model with it),
+# each compiled without one part of the rule.
+def _without_protection(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False,
+                        last_queries: int = 0, sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None,
+                        span_before: int = 0, span_after: int = 0, copy_source: Optional[torch.Tensor] = None):
+    return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries)
 
 
-def test_a_graph_that_ignores_the_spread_fails_validation(decoder_checkpoints, tmp_path, monkeypatch):
-    """Planted bug: the exported pass (and our PyTorch model) scores without the spread;
-    only the independent reference can notice, and conversion must refuse."""
-    def unspread(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False, last_queries: int = 0,
-                 sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None, span_before: int = 0,
-                 span_after: int = 0, copy_source: Optional[torch.Tensor] = None):
-        return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries,
-                                       sinks, recent, valid_lengths)
-    monkeypatch.setattr(model_module, "select_tokens", unspread)
-    monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(unspread))
-    rule = ScoringRule(last_queries=4, sinks=1, recent=2, span_before=6, span_after=2)
+def _without_spread(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False,
+                    last_queries: int = 0, sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None,
+                    span_before: int = 0, span_after: int = 0, copy_source: Optional[torch.Tensor] = None):
+    return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries,
+                                   sinks, recent, valid_lengths)
+
+
+def _without_copy_sources(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False,
+                          last_queries: int = 0, sinks: int = 0, recent: int = 0,
+                          valid_lengths: Optional[torch.Tensor] = None, span_before: int = 0, span_after: int = 0,
+                          copy_source: Optional[torch.Tensor] = None):
+    return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries,
+                                   sinks, recent, valid_lengths, span_before, span_after)
+
+
+@pytest.mark.parametrize("broken, rule", [
+    (_without_protection, SMALL_RULE),
+    (_without_spread, ScoringRule(last_queries=4, sinks=1, recent=2, span_before=6, span_after=2)),
+    (_without_copy_sources, COPY_RULE),
+], ids=["protection", "spread", "copy sources"])
+def test_a_graph_that_ignores_part_of_the_rule_fails_validation(decoder_checkpoints, tmp_path, monkeypatch, broken, rule):
+    """Only the independent reference can notice, and conversion must refuse.  The validation
+    prompts end by repeating an earlier passage, so the copy sources have something to find."""
+    monkeypatch.setattr(model_module, "select_tokens", broken)
+    monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(broken))
     with pytest.raises(ValidationError) as failure:
         convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=rule)
-    failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]
-    assert failed and all("independent" in line for line in failed), failure.value.report
-    assert not (tmp_path / "bad").exists()
-
-
-def test_a_graph_that_ignores_the_copy_sources_fails_validation(decoder_checkpoints, tmp_path, monkeypatch):
-    """Planted bug: the exported pass (and our PyTorch model) keeps no copy sources; the
-    validation prompts end by repeating an earlier passage, so only the independent
-    reference can notice, and conversion must refuse."""
-    def uncopied(probs, valid, always_keep, keep, residual, mixed, positions, causal: bool = False, last_queries: int = 0,
-                 sinks: int = 0, recent: int = 0, valid_lengths: Optional[torch.Tensor] = None, span_before: int = 0,
-                 span_after: int = 0, copy_source: Optional[torch.Tensor] = None):
-        return selection.select_tokens(probs, valid, always_keep, keep, residual, mixed, positions, causal, last_queries,
-                                       sinks, recent, valid_lengths, span_before, span_after)
-    monkeypatch.setattr(model_module, "select_tokens", uncopied)
-    monkeypatch.setattr(model_module, "select_tokens_for_export", torch.jit.script(uncopied))
-    with pytest.raises(ValidationError) as failure:
-        convert(str(decoder_checkpoints[("llama", "text-generation")]), tmp_path / "bad", scoring=COPY_RULE)
     failed = [line for line in failure.value.report.splitlines() if "FAIL" in line]
     assert failed and all("independent" in line for line in failed), failure.value.report
     assert not (tmp_path / "bad").exists()

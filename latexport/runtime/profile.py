@@ -25,6 +25,9 @@ and power 1 81.4%.  The default is 1.5; fine-tuning records its power and
 conversion reuses it, and ``tune`` may then choose another on held-out data
 (``latexport.runtime.reprofile`` rewrites the exponents in the file).
 
+A decoder's prompt pass takes the opposite shape by default
+(``prompt_pass_profile``): a delay, then a fast decay.
+
 This module is numpy-only: the runtime and ``inspect`` use it without torch.
 The exported graph computes the same formula (``selection.keep_counts``), in
 float32 like here.
