@@ -118,7 +118,7 @@ def copy_sources(input_ids: torch.Tensor, valid: torch.Tensor, ngram: int, span:
     of ``ngram`` tokens or fewer has none.  ``ngram`` comparisons of the row
     with itself shifted, then one MaxPool carries each match over the span.
     """
-    batch, width = input_ids.shape
+    width = input_ids.shape[1]
     lengths = valid.to(torch.int64).sum(dim=1, keepdim=True)
     columns = torch.arange(width, dtype=torch.int64, device=input_ids.device).unsqueeze(0)
     matches = torch.logical_and(valid, columns + ngram < lengths)
