@@ -47,7 +47,7 @@ class DecoderFamily(EncoderFamily):
         return DECODER_PROMPT_RULE if task == TASK_GENERATION else ScoringRule()
 
     def default_profile(self, num_layers: int, task: str) -> EliminationProfile:
-        """A prompt pass drops by ``PROMPT_PASS_PROFILE`` (``latexport.runtime.profile``); a classifier, as encoders do."""
+        """A prompt pass drops by ``prompt_pass_profile`` (``latexport.runtime.profile``); a classifier, as encoders do."""
         if task == TASK_GENERATION:
             return prompt_pass_profile(num_layers)
         return super().default_profile(num_layers, task)
