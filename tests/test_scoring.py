@@ -115,22 +115,26 @@ def test_tiers_protect_sinks_then_recent_tokens_then_copy_sources():
     assert reference_pick(scores, 7, tiers).tolist() == [0, 1, 4, 5, 7, 8, 9]
 
 
-def test_copy_sources_are_the_tokens_after_an_earlier_occurrence_of_the_rows_end():
-    """Row 0 ends with 7 8 9, which also starts at 1 and (overlapping nothing) at 5: the
-    2 tokens after each are sources.  Row 1 ends with a 3-gram seen nowhere else; row 2
+def test_copy_sources_are_each_earlier_occurrence_of_the_rows_end_and_the_tokens_after_it():
+    """Row 0 ends with 7 8 9, which also starts at 1 and at 5: each occurrence and the 2
+    tokens after it are sources (1..5 and 5..9).  Row 3 ends with 4 4 4, which starts
+    earlier at 0, 1 and 2 (an occurrence may overlap the row's tail, only not be it):
+    sources 0..5.  Row 1 ends with a 3-gram seen nowhere else; row 2
     is too short to hold an earlier occurrence; padding (-7) is never a source."""
     ids = torch.tensor([[5, 7, 8, 9, 1, 7, 8, 9, 2, 7, 8, 9], [1, 2, 3, 4, 5, 6, -7, -7, -7, -7, -7, -7],
-                        [7, 8, 9, -7, -7, -7, -7, -7, -7, -7, -7, -7]])
+                        [7, 8, 9, -7, -7, -7, -7, -7, -7, -7, -7, -7], [4, 4, 4, 4, 4, 4, -7, -7, -7, -7, -7, -7]])
     valid = ids >= 0
     sources = copy_sources(ids, valid, ngram=3, span=2)
-    assert torch.nonzero(sources[0]).flatten().tolist() == [4, 5, 8, 9]
-    assert not sources[1:].any()
-    for row in range(3):
+    assert torch.nonzero(sources[0]).flatten().tolist() == list(range(1, 10))
+    assert torch.nonzero(sources[3]).flatten().tolist() == list(range(0, 6))
+    assert not sources[1:3].any()
+    for row in range(4):
         length = int(valid[row].sum())
         expected = reference_copy_sources(ids[row, :length].tolist(), 3, 2)
         assert set(torch.nonzero(sources[row]).flatten().tolist()) == expected
-    # A span past the row's end stops at the end; the row's own tail is no occurrence of itself.
-    assert torch.nonzero(copy_sources(ids[:1], valid[:1], ngram=3, span=20)[0]).flatten().tolist() == list(range(4, 12))
+    # A span past the row's end stops at the end, where the row's own tail is covered by an earlier match's span.
+    assert torch.nonzero(copy_sources(ids[:1], valid[:1], ngram=3, span=20)[0]).flatten().tolist() == list(range(1, 12))
+    assert torch.nonzero(copy_sources(ids[:1], valid[:1], ngram=3, span=1)[0]).flatten().tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_decoder_prompt_pass_uses_the_decoder_rule_and_classifiers_keep_acc():
@@ -147,7 +151,7 @@ def test_rule_checks_and_round_trip():
     assert "spread over the 3 tokens before and 1 after" in SPREAD_RULE.describe()
     assert ScoringRule.from_json(COPY_RULE.to_json()) == COPY_RULE
     assert ScoringRule.from_json(SPREAD_RULE.to_json()).copies is False  # a file from before copy sources
-    assert "the 4 tokens after an earlier occurrence of the last 3" in COPY_RULE.describe()
+    assert "an earlier occurrence of the last 3 and the 4 tokens after it" in COPY_RULE.describe()
     with pytest.raises(SettingsError, match="both set or both 0"):
         ScoringRule(copy_ngram=8)
     with pytest.raises(SettingsError, match="not below the protection bonus 5000"):

@@ -80,8 +80,9 @@ def reference_spread(scores: np.ndarray, before: int, after: int) -> np.ndarray:
 
 
 def reference_copy_sources(ids: Sequence[int], ngram: int, span: int) -> set[int]:
-    """Positions of the ``span`` tokens after every earlier occurrence (one that starts
-    before the last ``ngram`` tokens do) of the row's last ``ngram`` tokens."""
+    """Positions of every earlier occurrence (one that starts before the last
+    ``ngram`` tokens do) of the row's last ``ngram`` tokens, and of the ``span``
+    tokens after each."""
     ids = list(ids)
     length = len(ids)
     if ngram == 0 or length <= ngram:
@@ -90,7 +91,7 @@ def reference_copy_sources(ids: Sequence[int], ngram: int, span: int) -> set[int
     sources = set()
     for start in range(length - ngram):
         if ids[start : start + ngram] == tail:
-            sources.update(range(start + ngram, min(length, start + ngram + span)))
+            sources.update(range(start, min(length, start + ngram + span)))
     return sources
 
 

@@ -110,13 +110,14 @@ def spread_scores(scores: torch.Tensor, valid: torch.Tensor, before: int, after:
 
 
 def copy_sources(input_ids: torch.Tensor, valid: torch.Tensor, ngram: int, span: int) -> torch.Tensor:
-    """[B, W] bool by original position: the ``span`` tokens that follow each earlier
-    occurrence of the row's last ``ngram`` tokens (``ScoringRule.copy_ngram``).
+    """[B, W] bool by original position: each earlier occurrence of the row's last
+    ``ngram`` tokens and the ``span`` tokens that follow it (``ScoringRule.copy_ngram``).
 
     Rows are packed real tokens first, so a column is an original position.  An
     occurrence must start before the row's own last ``ngram`` tokens do; a row
     of ``ngram`` tokens or fewer has none.  ``ngram`` comparisons of the row
-    with itself shifted, then one MaxPool carries each match over the span.
+    with itself shifted, then one MaxPool carries each match over the n-gram
+    and the span.
     """
     width = input_ids.shape[1]
     lengths = valid.to(torch.int64).sum(dim=1, keepdim=True)
@@ -126,9 +127,9 @@ def copy_sources(input_ids: torch.Tensor, valid: torch.Tensor, ngram: int, span:
         tail_token = input_ids.gather(1, (lengths - ngram + offset).clamp(min=0))
         shifted = torch.cat([input_ids[:, offset:], torch.full_like(input_ids[:, :offset], -1)], dim=1)
         matches = torch.logical_and(matches, shifted == tail_token)
-    # Token i is a source when a match starts in i - ngram - span + 1 .. i - ngram.
+    # Token i is a source when a match starts in i - ngram - span + 1 .. i.
     padded = F.pad(matches.to(torch.float32).unsqueeze(1), [ngram + span - 1, 0])
-    sources = F.max_pool1d(padded, span, 1).squeeze(1)[:, :width] > 0
+    sources = F.max_pool1d(padded, ngram + span, 1).squeeze(1)[:, :width] > 0
     return torch.logical_and(sources, valid)
 
 

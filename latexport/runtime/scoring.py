@@ -20,8 +20,8 @@ A decoder's prompt pass has one job: the next tokens.  Its rule
 * ``recent``: the last R tokens are kept before any scored one.  A
   continuation leans on its recent context most.
 * ``copy_ngram``, ``copy_span``: when the prompt's last G tokens occurred
-  earlier in it, the C tokens that followed that occurrence are kept next,
-  before any scored one.  A continuation that repeats an earlier passage
+  earlier in it, that occurrence and the C tokens that follow it are kept
+  next, before any scored one.  A continuation that repeats an earlier passage
   (a quoted paragraph, a story a digest runs twice, code that repeats)
   copies it from there, and the last queries point at its first token or
   two only.
@@ -88,8 +88,8 @@ class ScoringRule:
     #: is spread over the phrase that leads up to it, so a fact survives whole.
     span_before: int = 0
     span_after: int = 0
-    #: G > 0: where the row's last G tokens occurred earlier, the ``copy_span``
-    #: tokens after that occurrence are kept before any scored one.
+    #: G > 0: where the row's last G tokens occurred earlier, that occurrence and
+    #: the ``copy_span`` tokens after it are kept before any scored one.
     copy_ngram: int = 0
     copy_span: int = 0
 
@@ -147,7 +147,7 @@ class ScoringRule:
         if self.spreads:
             text += f", each score spread over the {self.span_before} tokens before and {self.span_after} after"
         if self.copies:
-            text += f", the {self.copy_span} tokens after an earlier occurrence of the last {self.copy_ngram} kept next"
+            text += f", an earlier occurrence of the last {self.copy_ngram} and the {self.copy_span} tokens after it kept next"
         return text
 
 
