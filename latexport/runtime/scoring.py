@@ -48,7 +48,11 @@ kind, FLOPs-estimated 1.86x at keep_ratio 0.2): one news prompt continues
 with 63 tokens that its digest printed earlier word for word.  Without the
 copy tier its perplexity rose by +1,463% and the mean of the four kinds by
 +39.7%; with the last 8 tokens matched and the 128 tokens after a match kept,
-+38% and +4.9%.  No other prompt changed by more than one point.
++38% and +4.9%.  No other prompt changed by more than one point.  The copying
+prompt still lost its first copied tokens (the first rose from 0.17 to 11.1
+nats) until the earlier occurrence itself was kept too, which an induction
+head reads to find the source: with the prompt-pass profile at 0.4 (FLOPs
+1.98x) that took the prompt from +51% to -4%, and the mean from +6.9% to +2.9%.
 
 Protected tokens rank by tiers: the head's token first (the graph's
 ``always_keep``), then sinks, then recent tokens, then copy sources, then
