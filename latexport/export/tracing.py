@@ -45,8 +45,12 @@ def trace(
     """Trace ``module`` on ``args`` into ``path``'s scratch file.
 
     The TorchScript exporter (``dynamo=False``) takes every layer's data-dependent
-    keep count as a tensor; the dynamo exporter's graphs ran 5-25% slower in ONNX
-    Runtime and it exports 7x slower."""
+    keep count as a tensor and the scripted selection's keep-everything branch as
+    an ONNX ``If``.  PyTorch has deprecated it; torch.export was weighed by
+    ``examples/exporters.py`` (graphs/README.md, "The exporter"): on BERT-base
+    its graphs ran 1.01-1.20x slower, it exported 3.2x slower, it refuses the
+    ``If`` as ``torch.cond``, and it takes the encoders but not yet T5 or the
+    decoders."""
     traced_path = Path(path).with_name(Path(path).name + ".traced")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
