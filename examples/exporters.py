@@ -39,7 +39,9 @@ BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT and T5 (classification) and of
 GPT-2 and Llama (the pruned prompt pass of text generation, with its cache
 outputs and the decoder prompt rule), each exported through torch.export and
 compared output by output with the eager model on a padded batch at 1.0, 0.5
-and 0.1.  Writes graphs/exporters-families.json.
+and 0.1.  Two more patches: T5's ``select_tokens_and_bias`` reads its widest
+count by ``.item()`` too, and ``int`` in ``latexport.export.selection`` passes
+a size through.  Writes graphs/exporters-families.json.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ from latexport.export.checkpoint import load_checkpoint
 from latexport.export.conversion import OPSET, build_model
 from latexport.export.model import ExportWrapper
 from latexport.export.passes import hide_outputs
-from latexport.export.selection import drop_tokens, keeps_everything
+from latexport.export import selection
+from latexport.export.selection import drop_tokens, keeps_everything, relative_position_bias
 from latexport.export.tracing import trace
 from latexport.runtime.atomic import write_text_atomic
 from latexport.runtime.timing import interleaved, session_options
@@ -111,6 +114,18 @@ def select_tokens_for_torch_export(use_cond: bool):
         return dropping(*operands)
 
     return select
+
+
+def select_tokens_and_bias_for_torch_export(probs, valid, always_keep, keep, residual, mixed, positions, bias,
+                                            distance_table):
+    """``selection.select_tokens_and_bias`` (T5) with the widest keep count as an unbacked size."""
+    width = keep.max().item()
+    torch._check(width >= 1)
+    torch._check(width <= valid.shape[1])
+    residual, mixed, kept_valid, positions, _ = drop_tokens(
+        probs, valid, always_keep, keep, residual, mixed, positions, width
+    )
+    return residual, mixed, kept_valid, positions, relative_position_bias(distance_table, positions, kept_valid)
 
 
 def example_args(width: int = 16) -> tuple:
@@ -218,6 +233,8 @@ def family_sweep() -> dict:
             start = time.perf_counter()
             with mock.patch.object(model_module, "select_tokens", select_tokens_for_torch_export(False)), \
                     mock.patch.object(model_module, "real_tokens_first", real_tokens_first_for_torch_export), \
+                    mock.patch.object(model_module, "select_tokens_and_bias", select_tokens_and_bias_for_torch_export), \
+                    mock.patch.object(selection, "int", lambda size: size, create=True), \
                     warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(wrapper, args, str(path), dynamo=True, input_names=names, dynamic_shapes=shapes,

@@ -49,7 +49,7 @@ def trace(
     an ONNX ``If``.  PyTorch has deprecated it; torch.export was weighed by
     ``examples/exporters.py`` (graphs/README.md, "The exporter"): on BERT-base
     its graphs ran 1.01-1.20x slower, it exported 3.2x slower, it refuses the
-    ``If`` as ``torch.cond``, and it takes the encoders but not yet T5 or the
+    ``If`` as ``torch.cond``, and it takes the encoders and T5 but not yet the
     decoders."""
     traced_path = Path(path).with_name(Path(path).name + ".traced")
     with torch.no_grad(), warnings.catch_warnings():
