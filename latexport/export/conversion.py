@@ -20,7 +20,7 @@ import torch
 from latexport import __version__
 from latexport.export.checkpoint import (
     LoadedCheckpoint,
-    finetuned_power,
+    finetuned_profile,
     load_checkpoint,
     sentence_transformers_pooling,
 )
@@ -90,15 +90,16 @@ class ConvertResult:
 
 
 def build_model(
-    loaded: LoadedCheckpoint, power: Optional[float] = None, pooling: str = "mean", scoring: Optional[ScoringRule] = None
+    loaded: LoadedCheckpoint, power: Optional[float] = None, pooling: str = "mean", scoring: Optional[ScoringRule] = None,
+    profile: Optional[EliminationProfile] = None,
 ) -> LatencyAdjustableModel:
-    """``power`` None: the family's profile for the task (``EncoderFamily.default_profile``);
-    a power: ``keep_ratio ** ((l / L) ** power)`` from the first layer, as fine-tuning trains."""
+    """``power``: ``keep_ratio ** ((l / L) ** power)`` from the first layer; else ``profile`` (a fine-tuning
+    run's, say); else the family's profile for the task (``EncoderFamily.default_profile``)."""
     layers = loaded.family.layer_shape(loaded.config).num_layers
-    if power is None:
-        profile = loaded.family.default_profile(layers, loaded.task)
-    else:
+    if power is not None:
         profile = EliminationProfile(num_layers=layers, power=power)
+    elif profile is None:
+        profile = loaded.family.default_profile(layers, loaded.task)
     return LatencyAdjustableModel(loaded.model, loaded.family, profile, task=loaded.task, pooling=pooling, scoring=scoring).eval()
 
 
@@ -251,9 +252,9 @@ def convert(
             f"--optimize, --quantize and --fp16 apply to single-graph tasks; a {loaded.task} "
             "directory's decoder graph would stay float32 and unfused, so they are not offered for it yet"
         )
-    power = power if power is not None else finetuned_power(checkpoint)
+    trained = finetuned_profile(checkpoint, loaded.family.layer_shape(loaded.config).num_layers)
     pooling = pooling or sentence_transformers_pooling(checkpoint) or "mean"
-    lat = build_model(loaded, power=power, pooling=pooling, scoring=scoring)
+    lat = build_model(loaded, power=power, pooling=pooling, scoring=scoring, profile=trained)
     source = str(Path(checkpoint).resolve()) if Path(checkpoint).is_dir() else checkpoint
     metadata = describe(loaded, lat, source, describe_variant(optimize, quantize, fp16))
     variant_report = None

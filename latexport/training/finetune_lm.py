@@ -21,6 +21,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from latexport.export.families import TASK_GENERATION
 from latexport.export.model import LatencyAdjustableModel
 from latexport.runtime.atomic import atomic_directory, check_target_free
 from latexport.runtime.errors import SettingsError
-from latexport.runtime.profile import DEFAULT_POWER, EliminationProfile
+from latexport.runtime.profile import EliminationProfile
 
 RECIPES = ("lat", "plain")
 
@@ -43,10 +44,14 @@ class LanguageModelSettings:
     prompt_tokens: int = 512
     scored_tokens: int = 64
     learning_rate: float = 2e-5
-    min_keep_ratio: float = 0.005
+    #: The prompt-pass profile's useful range: 0.1 is about 3.5x at 2,048 tokens, and lower ratios cost the
+    #: continuation too much to be worth training for (graphs/README.md, long prompts).
+    min_keep_ratio: float = 0.1
     sampled_ratios: int = 1
     distill_weight: float = 0.5
-    power: float = DEFAULT_POWER
+    #: None: the family's prompt-pass profile (``prompt_pass_profile``), the one convert uses untrained;
+    #: a power: ``keep_ratio ** ((l / L) ** power)`` from the first layer.
+    power: Optional[float] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,6 +61,14 @@ class LanguageModelSettings:
             raise SettingsError("steps, prompt_tokens and scored_tokens must be positive (prompt_tokens >= 2)")
         if not 0.0 < self.min_keep_ratio <= 1.0:
             raise SettingsError(f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}")
+        if self.power is not None and not 0.25 <= self.power <= 4.0:
+            raise SettingsError(f"power must be in [0.25, 4], got {self.power}")
+
+    def profile(self, family, num_layers: int) -> EliminationProfile:
+        """The profile trained for, and recorded for convert."""
+        if self.power is None:
+            return family.default_profile(num_layers, TASK_GENERATION)
+        return EliminationProfile(num_layers, power=self.power)
 
 
 def continuation_logits(
@@ -76,13 +89,13 @@ def finetune_language_model(
     overwrite: bool = False,
 ) -> list[float]:
     """Fine-tune ``checkpoint`` on spans of ``texts`` and write an ordinary Hugging Face
-    checkpoint (plus latexport_finetune.json, whose power ``convert`` reuses); returns the losses."""
+    checkpoint (plus latexport_finetune.json, whose profile ``convert`` reuses); returns the losses."""
     out_dir = Path(out_dir)
     check_target_free(out_dir.absolute(), overwrite)
     torch.manual_seed(settings.seed)
     loaded = load_checkpoint(checkpoint, task=TASK_GENERATION)
     model = loaded.model.train()
-    profile = EliminationProfile(loaded.family.layer_shape(loaded.config).num_layers, power=settings.power)
+    profile = settings.profile(loaded.family, loaded.family.layer_shape(loaded.config).num_layers)
     lat = LatencyAdjustableModel(model, loaded.family, profile, task=TASK_GENERATION)
     step = DecodeStep(model, loaded.family)
     span_length = settings.prompt_tokens + settings.scored_tokens
@@ -120,7 +133,8 @@ def finetune_language_model(
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:
         model.save_pretrained(scratch)
         loaded.tokenizer.save_pretrained(scratch)
-        record = {"completed": True, "power": settings.power, "settings": asdict(settings), "task": TASK_GENERATION}
+        record = {"completed": True, "power": profile.power, "profile": json.loads(profile.to_json()),
+                  "settings": asdict(settings), "task": TASK_GENERATION}
         (scratch / "latexport_finetune.json").write_text(json.dumps(record, indent=2))
     return losses
 
