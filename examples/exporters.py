@@ -1,47 +1,38 @@
-"""The exporter, weighed: TorchScript (what ``convert`` uses) against torch.export, on BERT-base.
+"""The exporter, weighed: TorchScript (``convert``'s default) against torch.export, on BERT-base.
 
     python examples/exporters.py [--seq-lens 128,512] [--repeats 7] [--threads 2]
-    python examples/exporters.py --families     # does torch.export take every family? (tiny models)
+    python examples/exporters.py --families     # every family through `convert --exporter torch-export` (tiny models)
 
 PyTorch has deprecated the TorchScript exporter (``torch.onnx.export(...,
 dynamo=False)``) and ``torch.jit.script`` in favour of ``torch.export``
 (``dynamo=True``).  latexport's graph needs two things of an exporter: every
 layer's keep count stays a tensor (TopK's k, the gathers' widths), and a layer
 that keeps everything skips scoring and gathers (an ONNX ``If``; TorchScript
-gets it from the scripted ``select_tokens_for_export``).
+gets it from the scripted ``select_tokens_for_export``).  torch.export carries
+the keep count as an unbacked size (``selection.select_tokens_unbacked``) and
+has no skip: it refuses the ``If`` as ``torch.cond``, whose branches return
+different widths.
 
 This script exports one BERT-base-shaped model (random weights, as in
 ``speed_bert_base.py``; power 1) both ways from the same
-``LatencyAdjustableModel``:
-
-* ``torchscript``: ``latexport.export.tracing.trace``, as ``convert`` does;
-* ``torch.export``: the same module under ``torch.onnx.export(dynamo=True)``.
-  Two things must change for it, patched here for the export only:
-  ``select_tokens`` reads the widest keep count with ``.item()`` (an unbacked
-  size) instead of TorchScript's tensor, and ``real_tokens_first`` subtracts
-  instead of ``remainder`` (the ONNX translation refuses a symbolic divisor).
-  The keep-everything ``If`` is tried as ``torch.cond`` first; where
-  torch.export refuses it (its branches return different widths), every layer
-  scores and gathers, even at 1.0.
-
-Both files are checked against the eager model (logits within 1e-4, the same
-kept positions in every layer) on a padded batch, left- and right-padded
-rows, at every timed ratio; then their kept-positions taps are hidden
-(``hide_outputs``, as ``convert`` does) and they are timed interleaved in one
-process, the same ONNX Runtime options for both: batch 1 at each sequence
-length, and batch 32 of mixed lengths (rows 25-100% of the length, right-padded).
+``LatencyAdjustableModel``, through ``latexport.export.tracing.trace`` with
+each ``exporter``, as ``convert --exporter`` does.  Both files are checked
+against the eager model (logits within 1e-4, the same kept positions in every
+layer) on a padded batch, left- and right-padded rows, at every timed ratio;
+then their kept-positions taps are hidden (``hide_outputs``, as ``convert``
+does) and they are timed interleaved in one process, the same ONNX Runtime
+options for both: batch 1 at each sequence length, and batch 32 of mixed
+lengths (rows 25-100% of the length, right-padded).
 
 Writes graphs/exporters.json and prints the tables.
 
 ``--families`` answers the other question, whether the route is open on every
-family: tiny random checkpoints (the test suite's, ``tests/tiny.py``) of
-BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT and T5 (classification) and of
-GPT-2 and Llama (the pruned prompt pass of text generation, with its cache
-outputs and the decoder prompt rule), each exported through torch.export and
-compared output by output with the eager model on a padded batch at 1.0, 0.5
-and 0.1.  Two more patches: T5's ``select_tokens_and_bias`` reads its widest
-count by ``.item()`` too, and ``int`` in ``latexport.export.selection`` passes
-a size through.  Writes graphs/exporters-families.json.
+family: ``convert(..., exporter="torch-export")`` on tiny random checkpoints
+(the test suite's, ``tests/tiny.py``) of BERT, RoBERTa, XLM-R, ELECTRA and
+DistilBERT (classification), T5 (classification, and text2text with its two
+decoder graphs) and GPT-2 and Llama (text generation: the prompt pass and the
+decode step), each validated as ``convert`` always validates.  Writes
+graphs/exporters-families.json.
 """
 
 from __future__ import annotations
@@ -52,23 +43,18 @@ import json
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
-from latexport.export import model as model_module
-from latexport.export import selection
 from latexport.export.checkpoint import load_checkpoint
-from latexport.export.conversion import OPSET, build_model
+from latexport.export.conversion import OPSET, build_model, convert
 from latexport.export.model import ExportWrapper
 from latexport.export.passes import hide_outputs
-from latexport.export.selection import drop_tokens, keeps_everything, relative_position_bias
-from latexport.export.tracing import trace
+from latexport.export.tracing import TORCH_EXPORT, TORCHSCRIPT, trace
 from latexport.runtime.atomic import write_text_atomic
 from latexport.runtime.timing import interleaved, session_options
 
@@ -81,55 +67,6 @@ INPUTS = ["input_ids", "attention_mask", "token_type_ids", "keep_ratio"]
 TOLERANCE = 1e-4
 
 
-def real_tokens_first_for_torch_export(valid: torch.Tensor) -> torch.Tensor:
-    """``selection.real_tokens_first`` with a subtraction where it takes a remainder."""
-    width = valid.shape[1]
-    columns = torch.arange(width, dtype=torch.int64, device=valid.device).unsqueeze(0)
-    order_key = torch.where(valid, columns, columns + width)
-    values = torch.topk(order_key, width, dim=1, largest=False).values
-    return torch.where(values >= width, values - width, values)
-
-
-def select_tokens_for_torch_export(use_cond: bool):
-    """``selection.select_tokens`` with the widest keep count as an unbacked size."""
-
-    def select(probs, valid, always_keep, keep, residual, mixed, positions, causal=False, last_queries=0, sinks=0,
-               recent=0, valid_lengths=None, span_before=0, span_after=0, copy_source=None):
-        widest = keep.max()
-
-        def dropping(probs, valid, always_keep, keep, residual, mixed, positions, widest):
-            width = widest.item()
-            torch._check(width >= 1)
-            torch._check(width <= valid.shape[1])
-            residual, mixed, kept_valid, positions, _ = drop_tokens(
-                probs, valid, always_keep, keep, residual, mixed, positions, width, causal, last_queries, sinks,
-                recent, valid_lengths, span_before, span_after, copy_source,
-            )
-            return residual, mixed, kept_valid, positions
-
-        def keeping(probs, valid, always_keep, keep, residual, mixed, positions, widest):
-            return residual.clone(), mixed.clone(), valid.clone(), positions.clone()
-
-        operands = (probs, valid, always_keep, keep, residual, mixed, positions, widest)
-        if use_cond:
-            return torch.cond(keeps_everything(valid, keep, widest), keeping, dropping, operands)
-        return dropping(*operands)
-
-    return select
-
-
-def select_tokens_and_bias_for_torch_export(probs, valid, always_keep, keep, residual, mixed, positions, bias,
-                                            distance_table):
-    """``selection.select_tokens_and_bias`` (T5) with the widest keep count as an unbacked size."""
-    width = keep.max().item()
-    torch._check(width >= 1)
-    torch._check(width <= valid.shape[1])
-    residual, mixed, kept_valid, positions, _ = drop_tokens(
-        probs, valid, always_keep, keep, residual, mixed, positions, width
-    )
-    return residual, mixed, kept_valid, positions, relative_position_bias(distance_table, positions, kept_valid)
-
-
 def example_args(width: int = 16) -> tuple:
     input_ids = torch.full((2, width), 5, dtype=torch.int64)
     attention_mask = torch.ones((2, width), dtype=torch.int64)
@@ -137,30 +74,16 @@ def example_args(width: int = 16) -> tuple:
     return input_ids, attention_mask, torch.zeros((2, width), dtype=torch.int64), torch.tensor(0.5)
 
 
-def export_torchscript(wrapper, path: Path, taps: list[str]) -> float:
+def export_with(exporter: str, wrapper, path: Path, taps: list[str]) -> float:
+    """Seconds to export ``wrapper`` into ``path`` with ``exporter`` (``latexport.export.tracing``)."""
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS[:3]}
     axes["logits"] = {0: "batch"}
     axes.update({tap: {0: "batch", 1: f"kept_{layer}"} for layer, tap in enumerate(taps)})
     start = time.perf_counter()
-    traced = trace(wrapper, example_args(), path, INPUTS, ["logits", *taps], axes, OPSET)
+    traced = trace(wrapper, example_args(), path, INPUTS, ["logits", *taps], axes, OPSET, exporter)
     seconds = time.perf_counter() - start
     traced.path.rename(path)
     return seconds
-
-
-def export_torch_export(wrapper, path: Path, taps: list[str], use_cond: bool) -> float:
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", min=2)
-    dims = {0: batch, 1: sequence}
-    start = time.perf_counter()
-    with mock.patch.object(model_module, "select_tokens", select_tokens_for_torch_export(use_cond)), \
-            mock.patch.object(model_module, "real_tokens_first", real_tokens_first_for_torch_export), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper, example_args(), str(path), dynamo=True, input_names=INPUTS, output_names=["logits", *taps],
-            dynamic_shapes=(dims, dims, (dims, None)), opset_version=18, verbose=False,
-        )
-    return time.perf_counter() - start
 
 
 def feeds(batch: int, length: int, vocab: int, seed: int = 0, low: int = 1000) -> dict[str, np.ndarray]:
@@ -203,92 +126,39 @@ def production_copy(path: Path, taps: list[str]) -> Path:
 
 
 def family_sweep() -> dict:
-    """Export every family's tiny checkpoint through torch.export; compare every output with eager."""
+    """``convert --exporter torch-export`` on every family's tiny checkpoint: exported, validated, how far from the references."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from tiny import make_checkpoint, make_decoder_checkpoint, make_t5_checkpoint
 
-    from latexport.export.decoding import PrefillWrapper
-
     folder = Path(tempfile.mkdtemp(prefix="latexport-exporter-families-"))
-    makers = {name: (lambda d, n=name: make_checkpoint(d, n), "text-classification")
-              for name in ("bert", "roberta", "xlm-roberta", "electra", "distilbert")}
-    makers["t5"] = (lambda d: make_t5_checkpoint(d, task="text-classification"), "text-classification")
-    makers.update({name: (lambda d, n=name: make_decoder_checkpoint(d, n), "text-generation") for name in ("gpt2", "llama")})
+    makers = {name: lambda d, n=name: make_checkpoint(d, n) for name in ("bert", "roberta", "xlm-roberta", "electra", "distilbert")}
+    makers["t5 (classification)"] = lambda d: make_t5_checkpoint(d, task="text-classification")
+    makers["t5 (text2text)"] = lambda d: make_t5_checkpoint(d)
+    makers.update({f"{name} (generation)": lambda d, n=name: make_decoder_checkpoint(d, n) for name in ("gpt2", "llama")})
     results = {}
-    for name, (make, task) in makers.items():
-        loaded = load_checkpoint(str(make(folder / name)), task=task)
-        lat = build_model(loaded)
-        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", min=2)
-        dims = {0: batch, 1: sequence}
-        with_types = "token_type_ids" in token_inputs(loaded)
-        if task == "text-generation":
-            wrapper, shapes = PrefillWrapper(lat).eval(), (dims, dims, None)
-        elif with_types:
-            wrapper, shapes = ExportWrapper(lat, True, True).eval(), (dims, dims, (dims, None))
-        else:
-            wrapper, shapes = ThreeInputs(ExportWrapper(lat, False, True)).eval(), (dims, dims, None)
-        args = example_args()
-        args = args if with_types else (args[0], args[1], args[3])
-        names = INPUTS if with_types else [INPUTS[0], INPUTS[1], INPUTS[3]]
-        path = folder / f"{name}.onnx"
+    for index, (name, make) in enumerate(makers.items()):
+        checkpoint = make(folder / f"checkpoint-{index}")
+        start = time.perf_counter()
         try:
-            start = time.perf_counter()
-            with mock.patch.object(model_module, "select_tokens", select_tokens_for_torch_export(False)), \
-                    mock.patch.object(model_module, "real_tokens_first", real_tokens_first_for_torch_export), \
-                    mock.patch.object(model_module, "select_tokens_and_bias", select_tokens_and_bias_for_torch_export), \
-                    mock.patch.object(selection, "int", lambda size: size, create=True), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(wrapper, args, str(path), dynamo=True, input_names=names, dynamic_shapes=shapes,
-                                  opset_version=18, verbose=False)
-            seconds = time.perf_counter() - start
-        except Exception as error:  # the refusal is the finding
-            root = error
-            while root.__cause__ is not None:
-                root = root.__cause__
-            results[name] = {"exported": False, "why": f"{type(root).__name__}: {str(root).strip()}"[:400]}
-            print(name, "refused", flush=True)
-            continue
-        session = ort.InferenceSession(str(path), session_options(2))
-        feed = feeds(3, 24, int(loaded.config.vocab_size) - 1, seed=3, low=5)
-        feed = {key: value for key, value in feed.items() if key in names}
-        worst, same_shapes = 0.0, True
-        for ratio in (1.0, 0.5, 0.1):
-            got = session.run(None, {**feed, "keep_ratio": np.array(ratio, dtype=np.float32)})
-            with torch.no_grad():
-                want = wrapper(*(torch.from_numpy(feed[key]) for key in names[:-1]), torch.tensor(ratio))
-            want = want if isinstance(want, (tuple, list)) else (want,)
-            for g, w in zip(got, want):
-                w = w.numpy()
-                same_shapes &= g.shape == w.shape
-                if g.shape == w.shape:
-                    worst = max(worst, float(np.abs(g.astype(np.float64) - w.astype(np.float64)).max()))
-        results[name] = {"exported": True, "seconds": seconds, "outputs": len(got), "same_shapes": bool(same_shapes),
-                         "max_abs_diff": worst, "matches": bool(same_shapes and worst <= TOLERANCE)}
+            converted = convert(str(checkpoint), folder / f"onnx-{index}", exporter="torch-export")
+        except Exception as error:  # a refusal is the finding, recorded as it is
+            results[name] = {"exported": False, "why": traceback.format_exception_only(error)[-1].strip()[:400]}
+        else:
+            checks = converted.report.checks
+            results[name] = {
+                "exported": True, "validated": converted.report.passed, "seconds": time.perf_counter() - start,
+                "checks": len(checks), "references": sorted({check.reference for check in checks}),
+                "largest_float_difference": max(check.max_abs_diff for check in checks if not check.reference.endswith("greedy")),
+            }
         print(name, results[name], flush=True)
     return results
 
 
-class ThreeInputs(torch.nn.Module):
-    """``ExportWrapper`` without token types, with its signature spelled out for torch.export's shapes."""
-
-    def __init__(self, wrapper: ExportWrapper):
-        super().__init__()
-        self.wrapper = wrapper
-
-    def forward(self, input_ids, attention_mask, keep_ratio):
-        return self.wrapper(input_ids, attention_mask, keep_ratio)
-
-
-def token_inputs(loaded) -> list[str]:
-    return ["input_ids", "attention_mask", *(["token_type_ids"] if loaded.family.uses_token_type_ids(loaded.config) else [])]
-
-
 def main() -> None:
     if importlib.util.find_spec("onnxscript") is None:
-        raise SystemExit("torch.export's ONNX translation needs onnxscript: pip install onnxscript")
+        raise SystemExit("torch.export's ONNX translation needs onnxscript: pip install 'latexport[torch-export]'")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq-lens", default="128,512")
     parser.add_argument("--repeats", type=int, default=7)
@@ -306,18 +176,12 @@ def main() -> None:
     taps = [f"kept_positions.{layer}" for layer in range(len(lat.exponents))]
     wrapper = ExportWrapper(lat, True, True).eval()
     report: dict = {"torch": torch.__version__, "onnxruntime": ort.__version__, "export_seconds": {}, "max_abs_diff": {},
-                    "refused": {}, "median_ms": {}}
+                    "median_ms": {}}
     folder = Path(tempfile.mkdtemp(prefix="latexport-exporters-"))
     files = {}
-    report["export_seconds"]["torchscript"] = export_torchscript(wrapper, folder / "torchscript.onnx", taps)
-    files["torchscript"] = folder / "torchscript.onnx"
-    try:
-        report["export_seconds"]["torch.export+cond"] = export_torch_export(wrapper, folder / "cond.onnx", taps, True)
-        files["torch.export+cond"] = folder / "cond.onnx"
-    except Exception as error:  # the refusal is the finding, recorded as it is
-        report["refused"]["torch.export+cond"] = traceback.format_exception_only(error)[-1].strip()[:400]
-    report["export_seconds"]["torch.export"] = export_torch_export(wrapper, folder / "plain.onnx", taps, False)
-    files["torch.export"] = folder / "plain.onnx"
+    for name, exporter in (("torchscript", TORCHSCRIPT), ("torch.export", TORCH_EXPORT)):
+        files[name] = folder / f"{exporter}.onnx"
+        report["export_seconds"][name] = export_with(exporter, wrapper, files[name], taps)
     for name, path in files.items():
         report["max_abs_diff"][name] = check(path, lat)
     served = {name: ort.InferenceSession(str(production_copy(path, taps)), session_options(args.threads))
@@ -338,7 +202,6 @@ def main() -> None:
 def render(report: dict, names: list[str]) -> str:
     lines = [f"torch {report['torch']}, onnxruntime {report['onnxruntime']}", "", "export seconds (BERT-base, taps included):"]
     lines += [f"  {name:<18} {seconds:7.1f}" for name, seconds in report["export_seconds"].items()]
-    lines += [f"  {name:<18} refused: {why}" for name, why in report["refused"].items()]
     lines += ["", "largest logit difference from eager (kept positions equal in every layer):"]
     lines += [f"  {name:<18} {diff:.2e}" for name, diff in report["max_abs_diff"].items()]
     for shape, medians in report["median_ms"].items():

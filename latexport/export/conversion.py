@@ -48,7 +48,7 @@ from latexport.export.passes import (
     set_metadata,
     with_int64_outputs,
 )
-from latexport.export.tracing import save_traced, trace
+from latexport.export.tracing import EXPORTERS, TORCHSCRIPT, save_traced, trace
 from latexport.export.validate import (
     DEFAULT_RATIOS,
     ValidationReport,
@@ -160,8 +160,9 @@ def export_onnx(
     metadata: ModelMetadata,
     path: Path,
     fusion_target: Optional[str] = None,
+    exporter: str = TORCHSCRIPT,
 ) -> None:
-    """Trace (``latexport.export.tracing``) and post-process into ``path``.
+    """Trace (``latexport.export.tracing``, with ``exporter``) and post-process into ``path``.
 
     With a ``fusion_target`` ONNX Runtime's transformer fusions run on the traced
     graph while the kept-positions taps are still outputs, so that no fusion
@@ -197,7 +198,7 @@ def export_onnx(
 
     traced = trace(
         wrapper, tuple(args), path, metadata.input_names, [*metadata.output_names, *metadata.kept_positions_taps],
-        dynamic_axes, OPSET,
+        dynamic_axes, OPSET, exporter,
     )
     if fusion_target is not None:
         fuse_transformer_ops(traced.path, metadata.flops, fusion_target, lat.family.ort_model_type)
@@ -225,6 +226,7 @@ def convert(
     quantize: Optional[str] = None,
     fp16: bool = False,
     scoring: Optional[ScoringRule] = None,
+    exporter: str = TORCHSCRIPT,
 ) -> ConvertResult:
     """Convert ``checkpoint`` into ``out_dir`` (model.onnx + tokenizer + config).
 
@@ -235,10 +237,13 @@ def convert(
     ``ValidationError`` (and writes nothing) when the graph does not match its
     references, unless ``keep_invalid``.  ``scoring`` replaces the family's rule
     for which word-vectors survive (``latexport.runtime.scoring``); the file
-    records the one it uses.
+    records the one it uses.  ``exporter`` picks TorchScript (the default) or
+    torch.export (``latexport.export.tracing``) for every graph of the directory.
     """
     if quantize is not None and quantize not in QUANTIZATION_MODES:
         raise SettingsError(f"quantize must be one of {QUANTIZATION_MODES}, got {quantize!r}")
+    if exporter not in EXPORTERS:
+        raise SettingsError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if quantize and fp16:
         raise SettingsError("choose int8 quantization or fp16, not both")
     optimize = "cpu" if optimize is True else (optimize or None)
@@ -259,19 +264,19 @@ def convert(
     metadata = describe(loaded, lat, source, describe_variant(optimize, quantize, fp16))
     variant_report = None
     with atomic_directory(out_dir, overwrite=overwrite) as scratch:
-        export_onnx(lat, metadata, scratch / MODEL_FILE, fusion_target=optimize)
+        export_onnx(lat, metadata, scratch / MODEL_FILE, fusion_target=optimize, exporter=exporter)
         loaded.tokenizer.save_pretrained(scratch)
         loaded.config.save_pretrained(scratch)
         report = validate_export(
             scratch / MODEL_FILE, loaded, lat, metadata.output_name, metadata.kept_positions_taps, atol, validation_ratios
         )
         if metadata.task == TASK_TEXT2TEXT:
-            export_seq2seq_decoders(loaded.model, lat.family, scratch, OPSET)
+            export_seq2seq_decoders(loaded.model, lat.family, scratch, OPSET, exporter)
             if getattr(loaded.model, "generation_config", None) is not None:
                 loaded.model.generation_config.save_pretrained(scratch)
             report.checks.extend(validate_generation(scratch, loaded, lat, atol, validation_ratios).checks)
         if metadata.task == TASK_GENERATION:
-            export_decode_step(lat, scratch / DECODER_WITH_PAST_FILE, OPSET)
+            export_decode_step(lat, scratch / DECODER_WITH_PAST_FILE, OPSET, exporter)
             report.checks.extend(validate_causal_generation(scratch, loaded, lat, atol, validation_ratios).checks)
         if not report.passed:
             if not keep_invalid:

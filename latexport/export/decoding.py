@@ -22,7 +22,7 @@ from torch import nn
 
 from latexport.export.families.decoder import DecoderFamily
 from latexport.export.model import LatencyAdjustableModel
-from latexport.export.tracing import save_traced, trace
+from latexport.export.tracing import TORCHSCRIPT, save_traced, trace
 from latexport.runtime.metadata import cache_names
 
 
@@ -123,7 +123,7 @@ def example_cache(lat: LatencyAdjustableModel) -> tuple[list[torch.Tensor], torc
     return cache.flat(result.cache_masks), attention_mask.sum(dim=1, keepdim=True)
 
 
-def export_decode_step(lat: LatencyAdjustableModel, path: Path, opset: int) -> None:
+def export_decode_step(lat: LatencyAdjustableModel, path: Path, opset: int, exporter: str = TORCHSCRIPT) -> None:
     """Trace ``DecodeStep`` into ``path`` (inputs ``input_ids``, ``position_ids`` and
     ``past.{l}.key/value/mask``; outputs ``logits`` and ``present.{l}.key/value/mask``)."""
     step = DecodeStep(lat.hf_model, lat.family).eval()
@@ -141,7 +141,8 @@ def export_decode_step(lat: LatencyAdjustableModel, path: Path, opset: int) -> N
     # Traced with two new tokens so that nothing is specialised to one; generation feeds one.
     input_ids = torch.full((next_positions.shape[0], 2), 7, dtype=torch.int64)
     next_positions = torch.cat([next_positions, next_positions + 1], dim=1)
-    save_traced(trace(step, (input_ids, next_positions, *past), path, input_names, output_names, dynamic_axes, opset), path)
+    save_traced(trace(step, (input_ids, next_positions, *past), path, input_names, output_names, dynamic_axes, opset,
+                      exporter), path)
 
 
 class PyTorchGenerator:
@@ -184,7 +185,7 @@ def seq2seq_cache_names(num_layers: int, prefix: str, with_cross: bool = True) -
     return [f"{prefix}.{layer}.{part}.{kind}" for layer in range(num_layers) for part in parts for kind in ("key", "value")]
 
 
-def export_seq2seq_decoders(hf_model: nn.Module, family, out_dir: Path, opset: int) -> None:
+def export_seq2seq_decoders(hf_model: nn.Module, family, out_dir: Path, opset: int, exporter: str = TORCHSCRIPT) -> None:
     """Trace the family's decoder graph (``EncoderFamily.decoder_graph``) twice, as the
     first step (``decoder_model.onnx``) and the step with past keys and values
     (``decoder_with_past_model.onnx``), in optimum's layout and names, so that the
@@ -208,7 +209,7 @@ def export_seq2seq_decoders(hf_model: nn.Module, family, out_dir: Path, opset: i
                "encoder_hidden_states": {0: "batch", 1: "encoder_length"}, "logits": {0: "batch", 1: "new_tokens"}}
     path = out_dir / "decoder_model.onnx"
     traced = trace(first, (input_ids, mask, states), path, ["input_ids", "encoder_attention_mask", "encoder_hidden_states"],
-                   ["logits", *present_all], {**dynamic, **axes(present_all)}, opset)
+                   ["logits", *present_all], {**dynamic, **axes(present_all)}, opset, exporter)
     save_traced(traced, path)
 
     step = family.decoder_graph(hf_model, with_past=True).eval()
@@ -216,5 +217,5 @@ def export_seq2seq_decoders(hf_model: nn.Module, family, out_dir: Path, opset: i
     present_self = seq2seq_cache_names(layers, "present", with_cross=False)
     path = out_dir / "decoder_with_past_model.onnx"
     traced = trace(step, (input_ids[:, :1], mask, *example_past), path, ["input_ids", "encoder_attention_mask", *past_names],
-                   ["logits", *present_self], {**dynamic, **axes(past_names), **axes(present_self)}, opset)
+                   ["logits", *present_self], {**dynamic, **axes(past_names), **axes(present_self)}, opset, exporter)
     save_traced(traced, path)

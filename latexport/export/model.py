@@ -8,7 +8,7 @@ and the module that is exported; fine-tuning trains through it too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -29,7 +29,9 @@ from latexport.export.selection import (
     select_tokens,
     select_tokens_and_bias,
     select_tokens_and_bias_for_export,
+    select_tokens_and_bias_unbacked,
     select_tokens_for_export,
+    select_tokens_unbacked,
 )
 from latexport.runtime.profile import EliminationProfile
 from latexport.runtime.scoring import ScoringRule
@@ -120,9 +122,7 @@ class LatencyAdjustableModel(nn.Module):
         positions = family.initial_positions(valid)
         hidden = family.embed(core, input_ids, token_type_ids, positions)
 
-        tracing = torch.jit.is_tracing()
-        select = select_tokens_for_export if tracing else select_tokens
-        select_with_bias = select_tokens_and_bias_for_export if tracing else select_tokens_and_bias
+        select, select_with_bias = selection_for_this_run()
         distance_table = family.relative_position_table(core, width, hidden.dtype)
         bias = None if distance_table is None else relative_position_bias(distance_table, positions, valid)
         kept_positions, cache_masks = [], []
@@ -159,6 +159,16 @@ class LatencyAdjustableModel(nn.Module):
         else:
             output = family.classify(self.hf_model, hidden, valid, input_ids)
         return LatencyAdjustableOutput(output=output, kept_positions=kept_positions)
+
+
+def selection_for_this_run() -> tuple[Callable, Callable]:
+    """(select_tokens, select_tokens_and_bias) for eager runs, the TorchScript exporter (scripted, so that a
+    layer that keeps everything becomes an ONNX If), or torch.export (``convert --exporter torch-export``)."""
+    if torch.jit.is_tracing():
+        return select_tokens_for_export, select_tokens_and_bias_for_export
+    if torch.compiler.is_exporting():
+        return select_tokens_unbacked, select_tokens_and_bias_unbacked
+    return select_tokens, select_tokens_and_bias
 
 
 def pool(hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:

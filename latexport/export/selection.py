@@ -59,7 +59,9 @@ def real_tokens_first(valid: torch.Tensor) -> torch.Tensor:
     width = valid.shape[1]
     columns = torch.arange(width, dtype=torch.int64, device=valid.device).unsqueeze(0)
     order_key = torch.where(valid, columns, columns + width)
-    return torch.remainder(torch.topk(order_key, width, dim=1, largest=False).values, width)
+    ordered = torch.topk(order_key, width, dim=1, largest=False).values
+    # A subtraction rather than a remainder: torch.export's ONNX translation refuses a symbolic divisor.
+    return torch.where(ordered >= width, ordered - width, ordered)
 
 
 def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False, last_queries: int = 0) -> torch.Tensor:
@@ -93,19 +95,24 @@ def acc_scores(probs: torch.Tensor, valid: torch.Tensor, causal: bool = False, l
     return scores
 
 
-def spread_scores(scores: torch.Tensor, valid: torch.Tensor, before: int, after: int) -> torch.Tensor:
+def spread_scores(scores: torch.Tensor, valid: torch.Tensor, before: int, after: int, by_shifts: bool = False) -> torch.Tensor:
     """Spread each score over the phrase around it (``ScoringRule.span_before``/``span_after``):
     a token at j with score s lifts the ``before`` alive tokens before it and the
     ``after`` after it to at least s.  So token i scores max(scores[i - after : i + before + 1]).
 
     Rows are packed real tokens first, in original order, so neighbours are the
     alive tokens next to each other.  Scores are >= 0: padding enters as 0 and
-    never lends a score.  One MaxPool over the row, exact in any precision.
+    never lends a score.  One MaxPool over the row, exact in any precision; or,
+    ``by_shifts``, the maximum of the row's ``before + after + 1`` shifted copies,
+    for torch.export, whose MaxPool cannot take a width known only at run time.
     """
     if before == 0 and after == 0:
         return scores
     scores = torch.where(valid, scores, torch.zeros_like(scores)).unsqueeze(1)
     padded = F.pad(scores, [after, before])
+    if by_shifts:
+        width = scores.shape[2]
+        return torch.stack([padded[:, 0, shift : shift + width] for shift in range(before + after + 1)]).amax(dim=0)
     return F.max_pool1d(padded, before + after + 1, 1).squeeze(1)
 
 
@@ -116,8 +123,9 @@ def copy_sources(input_ids: torch.Tensor, valid: torch.Tensor, ngram: int, span:
     Rows are packed real tokens first, so a column is an original position.  An
     occurrence must start before the row's own last ``ngram`` tokens do; a row
     of ``ngram`` tokens or fewer has none.  ``ngram`` comparisons of the row
-    with itself shifted, then one MaxPool carries each match over the n-gram
-    and the span.
+    with itself shifted, then a running count of matches carries each over the
+    n-gram and the span (a MaxPool would too, but torch.export fixes the width
+    of a MaxPool's input to the example's).
     """
     width = input_ids.shape[1]
     lengths = valid.to(torch.int64).sum(dim=1, keepdim=True)
@@ -125,12 +133,16 @@ def copy_sources(input_ids: torch.Tensor, valid: torch.Tensor, ngram: int, span:
     matches = torch.logical_and(valid, columns + ngram < lengths)
     for offset in range(ngram):
         tail_token = input_ids.gather(1, (lengths - ngram + offset).clamp(min=0))
-        shifted = torch.cat([input_ids[:, offset:], torch.full_like(input_ids[:, :offset], -1)], dim=1)
+        # The row read ``offset`` tokens on (-1 past its end), by a gather: a slice would make torch.export
+        # assume the width exceeds ``offset``.
+        ahead = (columns + offset).expand_as(input_ids)
+        shifted = torch.where(ahead < width, input_ids.gather(1, ahead.clamp(max=width - 1)), torch.full_like(input_ids, -1))
         matches = torch.logical_and(matches, shifted == tail_token)
-    # Token i is a source when a match starts in i - ngram - span + 1 .. i.
-    padded = F.pad(matches.to(torch.float32).unsqueeze(1), [ngram + span - 1, 0])
-    sources = F.max_pool1d(padded, ngram + span, 1).squeeze(1)[:, :width] > 0
-    return torch.logical_and(sources, valid)
+    # Token i is a source when a match starts in i - ngram - span + 1 .. i: the count of matches up to i
+    # exceeds the count up to i - ngram - span.
+    counts = matches.to(torch.int64).cumsum(dim=1)
+    earlier = torch.cat([torch.zeros_like(counts[:, :1]).expand(-1, ngram + span), counts], dim=1)[:, :width]
+    return torch.logical_and(counts > earlier, valid)
 
 
 def protection_bonus(
@@ -224,15 +236,43 @@ def drop_tokens(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score, pick and gather (shapes in ``select_tokens``); also returns ``kept`` [B, K],
     the indices into this layer's N, for state that must follow the survivors."""
+    return drop_tokens_to_width(
+        probs, valid, always_keep, keep, residual, mixed, positions, int(widest), causal, last_queries, sinks, recent,
+        valid_lengths, span_before, span_after, copy_source,
+    )
+
+
+def drop_tokens_to_width(
+    probs: torch.Tensor,
+    valid: torch.Tensor,
+    always_keep: torch.Tensor,
+    keep: torch.Tensor,
+    residual: torch.Tensor,
+    mixed: torch.Tensor,
+    positions: torch.Tensor,
+    widest: int,
+    causal: bool = False,
+    last_queries: int = 0,
+    sinks: int = 0,
+    recent: int = 0,
+    valid_lengths: Optional[torch.Tensor] = None,
+    span_before: int = 0,
+    span_after: int = 0,
+    copy_source: Optional[torch.Tensor] = None,
+    unbacked: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``drop_tokens`` with the widest keep count already a size: TorchScript's comes from ``int`` of a
+    tensor, torch.export's from ``.item()`` (``select_tokens_unbacked``, which sets ``unbacked``: this
+    layer's width is then known only at run time)."""
     batch, width = valid.shape
-    scores = spread_scores(acc_scores(probs, valid, causal, last_queries), valid, span_before, span_after)
+    scores = spread_scores(acc_scores(probs, valid, causal, last_queries), valid, span_before, span_after, unbacked)
     if valid_lengths is not None and (sinks > 0 or recent > 0 or copy_source is not None):
         scores = scores.to(torch.float64) + protection_bonus(
             positions, valid, valid_lengths, sinks, recent, copy_source=copy_source
         )
     always_keep = torch.logical_and(always_keep, valid)  # a pinned column that is padding stays padding
     scores = scores.masked_fill(torch.logical_not(valid), -float("inf")).masked_fill(always_keep, float("inf"))
-    kept, kept_valid = rank_and_pick(scores, keep, int(widest))
+    kept, kept_valid = rank_and_pick(scores, keep, widest)
     row_offset = torch.arange(batch, dtype=torch.int64, device=kept.device).unsqueeze(1) * width
     flat_index = kept + row_offset
     return (
@@ -314,6 +354,63 @@ def select_tokens_and_bias(
         return residual, mixed, valid, positions, bias
     residual, mixed, kept_valid, positions, _ = drop_tokens(
         probs, valid, always_keep, keep, residual, mixed, positions, widest
+    )
+    return residual, mixed, kept_valid, positions, relative_position_bias(distance_table, positions, kept_valid)
+
+
+def unbacked_width(keep: torch.Tensor, valid: torch.Tensor) -> int:
+    """The widest keep count as a size torch.export can carry (an unbacked symbol), bounded for its checks."""
+    width = keep.max().item()
+    torch._check(width >= 1)
+    torch._check(width <= valid.shape[1])
+    return width
+
+
+def select_tokens_unbacked(
+    probs: torch.Tensor,
+    valid: torch.Tensor,
+    always_keep: torch.Tensor,
+    keep: torch.Tensor,
+    residual: torch.Tensor,
+    mixed: torch.Tensor,
+    positions: torch.Tensor,
+    causal: bool = False,
+    last_queries: int = 0,
+    sinks: int = 0,
+    recent: int = 0,
+    valid_lengths: Optional[torch.Tensor] = None,
+    span_before: int = 0,
+    span_after: int = 0,
+    copy_source: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``select_tokens`` as torch.export takes it (``convert --exporter torch-export``).
+
+    Every layer scores and gathers, even one that keeps everything: torch.export
+    refuses that skip as ``torch.cond``, whose branches return different widths
+    (graphs/README.md, "The exporter").  The result is the same; only the cost
+    of a layer at 1.0 differs.
+    """
+    residual, mixed, kept_valid, positions, _ = drop_tokens_to_width(
+        probs, valid, always_keep, keep, residual, mixed, positions, unbacked_width(keep, valid), causal, last_queries,
+        sinks, recent, valid_lengths, span_before, span_after, copy_source, unbacked=True,
+    )
+    return residual, mixed, kept_valid, positions
+
+
+def select_tokens_and_bias_unbacked(
+    probs: torch.Tensor,
+    valid: torch.Tensor,
+    always_keep: torch.Tensor,
+    keep: torch.Tensor,
+    residual: torch.Tensor,
+    mixed: torch.Tensor,
+    positions: torch.Tensor,
+    bias: torch.Tensor,
+    distance_table: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``select_tokens_and_bias`` as torch.export takes it (see ``select_tokens_unbacked``)."""
+    residual, mixed, kept_valid, positions, _ = drop_tokens_to_width(
+        probs, valid, always_keep, keep, residual, mixed, positions, unbacked_width(keep, valid), unbacked=True
     )
     return residual, mixed, kept_valid, positions, relative_position_bias(distance_table, positions, kept_valid)
 

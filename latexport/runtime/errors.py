@@ -28,6 +28,10 @@ class ValidationError(LatexportError):
         self.report = report
 
 
+class ExportError(LatexportError):
+    """The exporter could not turn the model into a graph (the message says which, and what takes it)."""
+
+
 class ModelDirectoryError(LatexportError):
     """An exported model directory (or its model.onnx) cannot be used."""
 
