@@ -2,6 +2,7 @@
 
     python examples/exporters.py [--seq-lens 128,512] [--repeats 7] [--threads 2]
     python examples/exporters.py --families     # every family through `convert --exporter torch-export` (tiny models)
+    python examples/exporters.py --decoder      # SmolLM2-135M's prompt pass, both exporters, at 1,024 tokens
 
 PyTorch has deprecated the TorchScript exporter (``torch.onnx.export(...,
 dynamo=False)``) and ``torch.jit.script`` in favour of ``torch.export``
@@ -33,6 +34,11 @@ DistilBERT (classification), T5 (classification, and text2text with its two
 decoder graphs) and GPT-2 and Llama (text generation: the prompt pass and the
 decode step), each validated as ``convert`` always validates.  Writes
 graphs/exporters-families.json.
+
+``--decoder`` converts the real SmolLM2-135M (``latexport.assets``) both ways
+with ``convert`` (each validated) and times the prompt pass (``model.onnx``) on
+one 1,024-token prompt of real text, ratios interleaved across both files.
+Writes graphs/exporters-decoder.json.
 """
 
 from __future__ import annotations
@@ -156,6 +162,42 @@ def family_sweep() -> dict:
     return results
 
 
+DECODER_RATIOS = (1.0, 0.5, 0.3, 0.2, 0.1)
+
+
+def decoder_sweep(repeats: int, threads: int) -> dict:
+    """Prompt-pass medians of SmolLM2-135M converted by each exporter, interleaved in one process."""
+    from transformers import AutoTokenizer
+
+    from latexport.assets import cache_dir, smollm2_checkpoint
+    from latexport.training.corpora import austen_novels
+
+    checkpoint = smollm2_checkpoint()
+    report: dict = {"torch": torch.__version__, "onnxruntime": ort.__version__, "prompt_tokens": 1024,
+                    "export_seconds": {}, "median_ms": {}}
+    sessions = {}
+    for exporter in (TORCHSCRIPT, TORCH_EXPORT):
+        start = time.perf_counter()
+        converted = convert(str(checkpoint), cache_dir() / f"exporters-smollm2-{exporter}", exporter=exporter, overwrite=True)
+        report["export_seconds"][exporter] = time.perf_counter() - start
+        assert converted.report.passed
+        sessions[exporter] = ort.InferenceSession(str(converted.out_dir / "model.onnx"), session_options(threads))
+        print(exporter, f"converted and validated in {report['export_seconds'][exporter]:.0f} s", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    text = sorted(austen_novels().items())[0][1]
+    ids = np.array([tokenizer.encode(text[:20000], add_special_tokens=False)[:1024]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    calls = {f"{name}|{ratio:g}": (lambda s=session, r=ratio: s.run(None, {**feed, "keep_ratio": np.array(r, np.float32)}))
+             for name, session in sessions.items() for ratio in DECODER_RATIOS}
+    times = interleaved(calls, repeats, 1)
+    report["median_ms"] = {key: float(np.median(value)) * 1e3 for key, value in times.items()}
+    print(f"{'ratio':>6} {'torchscript ms':>15} {'torch-export ms':>16} {'ratio of times':>15}")
+    for ratio in DECODER_RATIOS:
+        traced, exported = report["median_ms"][f"{TORCHSCRIPT}|{ratio:g}"], report["median_ms"][f"{TORCH_EXPORT}|{ratio:g}"]
+        print(f"{ratio:>6g} {traced:>15.1f} {exported:>16.1f} {exported / traced:>14.2f}x")
+    return report
+
+
 def main() -> None:
     if importlib.util.find_spec("onnxscript") is None:
         raise SystemExit("torch.export's ONNX translation needs onnxscript: pip install 'latexport[torch-export]'")
@@ -165,8 +207,12 @@ def main() -> None:
     parser.add_argument("--batch-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--families", action="store_true", help="tiny checkpoints of every family, parity only")
+    parser.add_argument("--decoder", action="store_true", help="SmolLM2-135M's prompt pass at 1,024 tokens")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.decoder:
+        write_text_atomic(GRAPHS / "exporters-decoder.json", json.dumps(decoder_sweep(args.repeats, args.threads), indent=1))
+        return
     if args.families:
         results = family_sweep()
         write_text_atomic(GRAPHS / "exporters-families.json", json.dumps({"torch": torch.__version__, **results}, indent=1))

@@ -89,3 +89,26 @@ def test_a_file_whose_dynamic_axis_came_out_fixed_is_refused(checkpoints, tmp_pa
     with pytest.raises(ExportError, match="fixed axis 0 of input_ids to the example's size 2"):
         convert(str(checkpoints[("bert", "text-classification")]), tmp_path / "out", exporter="torch-export")
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_the_exporter_wrote_beside_the_graph_end_up_inside_the_one_file(tmp_path):
+    """torch.export writes a large model's weights to ``<file>.data``; the final file must not depend on it."""
+    import onnx_ir as ir
+
+    from latexport.export.tracing import Traced, save_traced
+
+    weight = ir.tensor(np.arange(4096, dtype=np.float32).reshape(64, 64), name="weight")
+    x = ir.Value(name="x", shape=ir.Shape([1, 64]), type=ir.TensorType(ir.DataType.FLOAT))
+    node = ir.node("MatMul", [x, ir.Value(name="weight", const_value=weight)], num_outputs=1)
+    node.outputs[0].name = "y"
+    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=[node.inputs[1]], opset_imports={"": 18})
+    traced_path = tmp_path / "model.onnx.traced"
+    ir.save(ir.Model(graph, ir_version=10), str(traced_path), external_data="model.onnx.traced.data", size_threshold_bytes=0)
+    assert (tmp_path / "model.onnx.traced.data").is_file()
+
+    save_traced(Traced(traced_path, {}), tmp_path / "model.onnx")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.onnx"]
+    loaded = onnx.load(str(tmp_path / "model.onnx"))
+    assert all(initializer.data_location != onnx.TensorProto.EXTERNAL for initializer in loaded.graph.initializer)
+    result = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"x": np.ones((1, 64), np.float32)})[0]
+    np.testing.assert_array_equal(result, np.ones((1, 64), np.float32) @ np.arange(4096, dtype=np.float32).reshape(64, 64))

@@ -151,8 +151,10 @@ def shapes_by_input(shapes: dict, input_names: list[str]) -> dict:
 
 def save_traced(traced: Traced, path: Path, edit: Optional[Callable[[ir.Model], None]] = None) -> None:
     """Rewrite the traced file as ``path`` (after ``edit``), with latexport as producer,
-    its outputs' static sizes restated; drop the scratch file."""
+    its outputs' static sizes restated and its weights inside; drop the scratch files."""
     model = ir.load(str(traced.path))
+    # torch.export writes the weights beside the graph (``.traced.data``); bring them in, so the final file is one file.
+    model = ir.external_data.load_to_model(model)
     for value in model.graph.outputs:
         dims = traced.static_dims.get(value.name)
         if dims and value.shape is not None:
@@ -163,3 +165,6 @@ def save_traced(traced: Traced, path: Path, edit: Optional[Callable[[ir.Model], 
     model.producer_version = __version__
     ir.save(model, str(path))
     os.unlink(traced.path)
+    sidecar = traced.path.with_name(traced.path.name + ".data")
+    if sidecar.exists():
+        os.unlink(sidecar)
