@@ -374,25 +374,18 @@ def select_tokens_unbacked(
     residual: torch.Tensor,
     mixed: torch.Tensor,
     positions: torch.Tensor,
-    causal: bool = False,
-    last_queries: int = 0,
-    sinks: int = 0,
-    recent: int = 0,
-    valid_lengths: Optional[torch.Tensor] = None,
-    span_before: int = 0,
-    span_after: int = 0,
-    copy_source: Optional[torch.Tensor] = None,
+    *rule,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``select_tokens`` as torch.export takes it (``convert --exporter torch-export``).
 
     Every layer scores and gathers, even one that keeps everything: torch.export
     refuses that skip as ``torch.cond``, whose branches return different widths
     (graphs/README.md, "The exporter").  The result is the same; only the cost
-    of a layer at 1.0 differs.
+    of a layer at 1.0 differs.  ``rule``: ``select_tokens``' arguments after
+    ``positions`` (``causal`` ... ``copy_source``), in its order.
     """
     residual, mixed, kept_valid, positions, _ = drop_tokens_to_width(
-        probs, valid, always_keep, keep, residual, mixed, positions, unbacked_width(keep, valid), causal, last_queries,
-        sinks, recent, valid_lengths, span_before, span_after, copy_source, unbacked=True,
+        probs, valid, always_keep, keep, residual, mixed, positions, unbacked_width(keep, valid), *rule, unbacked=True
     )
     return residual, mixed, kept_valid, positions
 
