@@ -31,6 +31,16 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
+def _lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise click.BadParameter(f"expected comma-separated whole numbers, got {text!r}") from error
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"every length must be at least 1, got {text!r}")
+    return values
+
+
 def _powers(text: str) -> Optional[tuple[float, ...]]:
     """``--powers``: comma-separated profile powers, ``file`` for the file's own (``()``),
     or ``task`` for the task's own set (None)."""
@@ -213,15 +223,23 @@ def generate(model_dir, prompts, keep_ratio, max_new_tokens, sample, temperature
 
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--keep-ratio", default=0.5, show_default=True, type=float)
-@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--keep-ratio", default="0.5", show_default=True, callback=lambda c, p, v: _ratios(v),
+              help="A ratio, or one per row of a batch (comma-separated).")
+@click.option("--seq-len", default="128", show_default=True, callback=lambda c, p, v: _lengths(v),
+              help="A length, or one per row (comma-separated; one length is every row's).")
 def inspect(model_dir, keep_ratio, seq_len):
-    """Print MODEL_DIR's metadata, per-layer kept counts and estimated speedup."""
-    from latexport.runtime.inspection import load_metadata, render
-    from latexport.runtime.session import check_keep_ratio
+    """Print MODEL_DIR's metadata, per-layer kept counts and estimated speedup (of a batch, for several rows)."""
+    from latexport.runtime.inspection import load_metadata, render, render_batch
 
-    check_keep_ratio(keep_ratio)
-    click.echo(render(load_metadata(model_dir), seq_len, keep_ratio))
+    metadata = load_metadata(model_dir)
+    if len(keep_ratio) == 1 and len(seq_len) == 1:
+        click.echo(render(metadata, seq_len[0], keep_ratio[0]))
+        return
+    rows = max(len(keep_ratio), len(seq_len))
+    if {len(keep_ratio), len(seq_len)} - {1, rows}:
+        raise click.BadParameter(f"{len(keep_ratio)} ratios for {len(seq_len)} lengths; give one of either, or as many")
+    click.echo(render_batch(metadata, [seq_len[i % len(seq_len)] for i in range(rows)],
+                            [keep_ratio[i % len(keep_ratio)] for i in range(rows)]))
 
 
 @main.command()
@@ -243,8 +261,10 @@ def inspect(model_dir, keep_ratio, seq_len):
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Another latexport directory (say, its int8 variant) to time at the same ratios (repeatable).")
 @click.option("--new-tokens", default=16, show_default=True, type=click.IntRange(0),
               help="Generation models: then time generating this many tokens from a --seq-len prompt (0: skip).")
+@click.option("--row-ratios", default=None, callback=lambda c, p, v: _ratios(v) if v else (),
+              help="Also time the batch with its rows at these ratios in turn, one per row (say 1,0.1): its latency follows its widest row.")
 def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths,
-          graphs_dir, json_path, plot_path, memory, compare, new_tokens):
+          graphs_dir, json_path, plot_path, memory, compare, new_tokens, row_ratios):
     """Measure MODEL_DIR's latency at each keep ratio, interleaved with optional plain baselines;
     prints a table and writes JSON and a plot."""
     from latexport.bench import encoder as benchmark
@@ -255,7 +275,7 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
     result = benchmark.bench(
         model_dir, seq_len=seq_len, batch=batch, keep_ratios=keep_ratios, provider=provider, baselines=baselines,
         checkpoint=checkpoint, repeats=repeats, threads=threads, mixed_lengths=mixed_lengths, memory=memory,
-        compare=tuple(compare),
+        compare=tuple(compare), row_ratios=row_ratios,
     )
     click.echo(benchmark.render(result))
     stem = f"bench-{Path(model_dir).name}-b{batch}-s{seq_len}{'-mixed' if mixed_lengths else ''}"

@@ -45,6 +45,21 @@ def bert_classifier(converted) -> Path:
 
 
 @pytest.fixture(scope="session")
+def variants(checkpoints, tmp_path_factory):
+    """The same tiny BERT converted plain, fused, fused + int8, and fused for CUDA + fp16."""
+    from latexport.export.conversion import convert
+
+    checkpoint = str(checkpoints[("bert", "text-classification")])
+    root = tmp_path_factory.mktemp("variants")
+    return {
+        "plain": convert(checkpoint, root / "plain"),
+        "fused": convert(checkpoint, root / "fused", optimize=True),
+        "int8": convert(checkpoint, root / "int8", optimize=True, quantize="dynamic"),
+        "fp16": convert(checkpoint, root / "fp16", optimize="cuda", fp16=True),
+    }
+
+
+@pytest.fixture(scope="session")
 def regression_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("regression") / "ckpt", "bert", num_labels=1, seed=42)
 

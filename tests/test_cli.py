@@ -35,15 +35,21 @@ def test_convert_run_inspect_bench(runner, checkpoints, tmp_path):
     assert "electra / text-classification" in result.output
     # 4 layers, 100 tokens, ratio 0.5, power 1.5: 92, 79, 64, 50 kept
     assert "    4        64     50" in result.output
+    result = runner.invoke(main, ["inspect", str(out), "--keep-ratio", "0.5,1", "--seq-len", "100"])
+    assert result.exit_code == 0, result.output
+    # The row at 1.0 keeps all 100 in every layer, so the batch is as wide as at 1.0: no estimated gain.
+    assert "    4          50         100          100" in result.output
+    assert "estimated speedup of the batch (follows its widest row in every layer): 1.00x" in result.output
 
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     result = runner.invoke(
         main, ["bench", str(out), "--seq-len", "64", "--batch", "2", "--keep-ratios", "1,0.5", "--repeats", "3",
-               "--json", str(json_path), "--plot", str(plot_path)],
+               "--json", str(json_path), "--plot", str(plot_path), "--row-ratios", "1,0.5"],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(json_path.read_text())
-    assert [row["keep_ratio"] for row in data["rows"]] == [1.0, 0.5]
+    assert [row["keep_ratio"] for row in data["rows"]] == [1.0, 0.5, 1.0]
+    assert data["rows"][2]["row_ratios"] == [1.0, 0.5] and data["rows"][2]["estimated_speedup"] == 1.0
     assert all(row["median_ms"] > 0 for row in data["rows"])
     # peak memory, measured in a fresh process per variant: the whole process, weights included
     assert all(row["peak_mib"] > 10 and 0 <= row["working_mib"] < row["peak_mib"] for row in data["rows"])
@@ -75,7 +81,8 @@ def test_feature_extraction_run(runner, converted):
         (["run", "{model}", "--keep-ratio", "nan", "text"], "keep_ratio must be finite"),
         (["run", "{model}", "--provider", "cuda", "text"], "provider 'cuda' is not available"),
         (["run", "{tmp}/nothing", "text"], "is not a directory"),
-        (["inspect", "{model}", "--keep-ratio", "2"], "keep_ratio must be in (0, 1]"),
+        (["inspect", "{model}", "--keep-ratio", "2"], "every keep ratio must be in (0, 1]"),
+        (["inspect", "{model}", "--keep-ratio", "1,0.5", "--seq-len", "10,20,30"], "2 ratios for 3 lengths"),
         (["convert", "{tmp}/nothing", "-o", "{tmp}/out"], "no such checkpoint directory"),
         (["convert", "{ckpt}", "-o", "{model}"], "already exists; pass --overwrite"),
         (["bench", "{model}", "--keep-ratios", "0.5,7"], "every keep ratio must be in (0, 1]"),

@@ -25,19 +25,6 @@ def op_counts(model_dir) -> Counter:
     return counts
 
 
-@pytest.fixture(scope="module")
-def variants(checkpoints, tmp_path_factory):
-    """The same tiny BERT converted plain, fused, and fused + int8."""
-    checkpoint = str(checkpoints[("bert", "text-classification")])
-    root = tmp_path_factory.mktemp("variants")
-    return {
-        "plain": convert(checkpoint, root / "plain"),
-        "fused": convert(checkpoint, root / "fused", optimize=True),
-        "int8": convert(checkpoint, root / "int8", optimize=True, quantize="dynamic"),
-        "fp16": convert(checkpoint, root / "fp16", optimize="cuda", fp16=True),
-    }
-
-
 def test_fused_graph_has_the_fusions_and_passes_validation(variants):
     fused = variants["fused"]
     assert fused.report.passed

@@ -51,6 +51,36 @@ def test_service_answers_like_the_runtime_and_counts(calibrated):
     assert metrics["latency_ms"]["p50"] > 0
 
 
+def test_requests_at_any_ratio_or_budget_share_one_call_and_get_their_own_answers(calibrated):
+    service = ClassificationService(calibrated, intra_op_threads=1, max_concurrent_calls=0)  # no worker: we drive it
+    session = LatencyAdjustableSession(calibrated)
+    asked = [([TEXTS[0]], 1.0, None), (TEXTS, 0.1, None), (TEXTS[::-1], [0.3, 0.7], None), (TEXTS, None, 10_000.0)]
+    for texts, ratio, budget in asked:
+        service._waiting.append(service._validate(texts, ratio, budget, None, time.perf_counter()))
+    batch = service._take_batch()
+    assert len(batch) == len(asked) and not service._waiting
+    service._answer(batch)
+    for request, (texts, ratio, budget) in zip(batch, asked):
+        assert request.error is None and request.call_texts == 7
+        # The budget is generous, so its rows run at the largest ratio: 1.0.
+        expected = session.predict(texts, keep_ratio=1.0 if budget else ratio)
+        assert request.prediction.labels == expected.labels
+        np.testing.assert_allclose(request.prediction.logits, expected.logits, atol=1e-5, rtol=0)
+        assert request.prediction.keep_ratio == pytest.approx(1.0 if budget else ratio)
+
+
+def test_a_budgeted_row_keeps_as_much_as_the_call_already_pays_for(calibrated):
+    service = ClassificationService(calibrated, intra_op_threads=1, max_concurrent_calls=0)
+    tight, slow = (service._validate(TEXTS, None, 0.001, None, time.perf_counter()),
+                   service._validate(TEXTS, 0.7, None, None, time.perf_counter()))
+    service._answer([tight])
+    fastest = tight.prediction.keep_ratio
+    assert fastest < 0.7  # an impossible budget alone runs at the fastest ratio
+    tight = service._validate(TEXTS, None, 0.001, None, time.perf_counter())
+    service._answer([tight, slow])  # beside a row at 0.7 the call lasts as long as 0.7 needs anyway
+    assert tight.prediction.keep_ratio == pytest.approx(0.7) and slow.prediction.keep_ratio == pytest.approx(0.7)
+
+
 def test_budgets_need_a_calibration(bert_classifier):
     service = ClassificationService(bert_classifier)
     assert service.health()["latency_budgets"] is False

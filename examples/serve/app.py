@@ -34,7 +34,8 @@ from latexport.runtime.errors import InvalidInputError  # noqa: E402
 class ClassifyRequest(BaseModel):
     texts: Union[str, list[str]] = Field(description="One text or a batch of texts.")
     text_pairs: Optional[list[str]] = Field(default=None, description="Second segments, for sentence-pair models.")
-    keep_ratio: Optional[float] = Field(default=None, description="Fraction of word-vectors kept; default: the model's.")
+    keep_ratio: Optional[Union[float, list[float]]] = Field(
+        default=None, description="Fraction of word-vectors kept, for all texts or one per text; default: the model's.")
     target_ms: Optional[float] = Field(default=None, description="Latency budget; the service picks the keep ratio.")
 
 

@@ -2,12 +2,18 @@
 
     python examples/serve/loadtest.py http://127.0.0.1:8000 --clients 8 --requests 2000
     python examples/serve/loadtest.py http://127.0.0.1:8000 --target-ms 20     # budgeted requests
+    python examples/serve/loadtest.py http://127.0.0.1:8000 --target-ms 10,20,40,80,160   # mixed budgets
+    python examples/serve/loadtest.py http://127.0.0.1:8000 --compare --json graphs/serve-mixed.json
 
 Each client is a thread with its own keep-alive connection, sending the next
 request as soon as the previous answer arrives (closed loop), so the server is
 never offered more than N requests at once.  Prints p50/p90/p99 latency as the
 clients saw it, throughput, errors, and for budgeted requests how the
-service-side latency compared with each budget.
+service-side latency compared with each budget.  ``--compare`` runs the same
+load three ways against one server, one after the other: every request at one
+ratio, a rotating mix of five ratios, and a rotating mix of budgets, and prints
+them side by side (req/s, p50/p90/p99), with the mixes' throughput as a share of
+the fixed ratio's.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
 
 import httpx
 import numpy as np
+
+from latexport.runtime.atomic import write_text_atomic
 
 SAMPLE_TEXTS = (
     "a gripping, funny film with a score to remember",
@@ -66,17 +75,44 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def default_payloads(batch: int = 1, keep_ratio: Optional[float] = None, target_ms: Optional[float] = None) -> Callable[[int], dict]:
-    """Request ``i``: a rotating batch of sample texts, at a ratio, a budget, or (by default) varying ratios."""
-    ratios = (1.0, 0.7, 0.5, 0.3, 0.1)
+#: The rotating mix of ratios (the default payload) and of budgets (``--target-ms`` with several values).
+MIXED_RATIOS = (1.0, 0.7, 0.5, 0.3, 0.1)
+
+
+def default_payloads(batch: int = 1, keep_ratio: Optional[float] = None,
+                     target_ms: Union[float, Sequence[float], None] = None) -> Callable[[int], dict]:
+    """Request ``i``: a rotating batch of sample texts, at a ratio, at a budget (or a rotating mix of
+    budgets), or by default at a rotating mix of ratios."""
+    budgets = None if target_ms is None else tuple(np.atleast_1d(target_ms).tolist())
 
     def payload(i: int) -> dict:
         texts = [SAMPLE_TEXTS[(i + j) % len(SAMPLE_TEXTS)] for j in range(batch)]
-        if target_ms is not None:
-            return {"texts": texts, "target_ms": target_ms}
-        return {"texts": texts, "keep_ratio": keep_ratio if keep_ratio is not None else ratios[i % len(ratios)]}
+        if budgets is not None:
+            return {"texts": texts, "target_ms": budgets[i % len(budgets)]}
+        return {"texts": texts, "keep_ratio": keep_ratio if keep_ratio is not None else MIXED_RATIOS[i % len(MIXED_RATIOS)]}
 
     return payload
+
+
+def compare_mixes(url: str, clients: int, requests: int, batch: int, fixed_ratio: float,
+                  budgets: Optional[Sequence[float]]) -> dict[str, LoadReport]:
+    """The same load at one ratio, at the rotating mix of ratios, and (with ``budgets``) at a mix of budgets."""
+    loads = {f"fixed {fixed_ratio:g}": default_payloads(batch, keep_ratio=fixed_ratio),
+             f"mix of ratios {'/'.join(f'{r:g}' for r in MIXED_RATIOS)}": default_payloads(batch)}
+    if budgets:
+        loads[f"mix of budgets {'/'.join(f'{b:g}' for b in budgets)} ms"] = default_payloads(batch, target_ms=budgets)
+    run_load(url, clients, max(clients * 10, requests // 10), loads[f"fixed {fixed_ratio:g}"])  # warm-up, not reported
+    return {name: run_load(url, clients, requests, payload) for name, payload in loads.items()}
+
+
+def render_comparison(reports: dict[str, LoadReport]) -> str:
+    fixed = next(iter(reports.values()))
+    lines = [f"{'load':<40} {'req/s':>7} {'share':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p90/p50':>8} {'errors':>6}"]
+    for name, report in reports.items():
+        c = report.client_latency_ms
+        lines.append(f"{name:<40} {report.requests_per_s:>7.0f} {report.requests_per_s / fixed.requests_per_s:>6.0%} "
+                     f"{c['p50']:>8.2f} {c['p90']:>8.2f} {c['p99']:>8.2f} {c['p90'] / c['p50']:>8.2f} {report.errors:>6}")
+    return "\n".join(lines)
 
 
 def run_load(url: str, clients: int = 8, requests: int = 2000, payload: Optional[Callable[[int], dict]] = None,
@@ -152,15 +188,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="Texts per request.")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--keep-ratio", type=float, help="Every request at this ratio (default: a rotating mix).")
-    group.add_argument("--target-ms", type=float, help="Every request with this latency budget.")
+    group.add_argument("--target-ms", type=_budgets, help="Every request with this latency budget, or a comma list to rotate.")
+    group.add_argument("--compare", action="store_true",
+                       help="Fixed ratio (--fixed-ratio), the rotating mix of ratios, and the mix of --budgets, side by side.")
+    parser.add_argument("--fixed-ratio", type=float, default=0.5, help="--compare: the fixed ratio (default 0.5).")
+    parser.add_argument("--budgets", type=_budgets, help="--compare: the budgets to rotate (needs a calibrated model).")
     parser.add_argument("--json", type=str, help="Also write the report as JSON here.")
     args = parser.parse_args()
-    report = run_load(args.url, args.clients, args.requests, default_payloads(args.batch, args.keep_ratio, args.target_ms))
-    print(report.render())
+    if args.compare:
+        reports = compare_mixes(args.url, args.clients, args.requests, args.batch, args.fixed_ratio, args.budgets)
+        print(render_comparison(reports))
+        result, failed = {name: asdict(report) for name, report in reports.items()}, any(r.errors for r in reports.values())
+    else:
+        report = run_load(args.url, args.clients, args.requests, default_payloads(args.batch, args.keep_ratio, args.target_ms))
+        print(report.render())
+        result, failed = asdict(report), bool(report.errors)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(asdict(report), handle, indent=2)
-    raise SystemExit(1 if report.errors else 0)
+        write_text_atomic(Path(args.json), json.dumps(result, indent=2))
+    raise SystemExit(1 if failed else 0)
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    return tuple(float(value) for value in text.split(","))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ skins over ``ClassificationService.classify`` and ``ClassificationService.metric
 
 Requests are batched on the fly.  One worker thread (``workers``) runs the
 model, ONNX Runtime using every core inside each call; whenever it is free it
-takes the oldest waiting request together with every other waiting request it
-can share a call with (the same keep ratio, or all budgeted), up to
-``max_batch`` texts.  An idle service therefore adds no wait, and a loaded one
-answers eight queued requests in one call instead of eight calls in a row.  A
-latency budget (``target_ms``) is end to end inside the service: the call runs
-at the keep ratio predicted to fit the smallest budget left in its batch, after
-queueing and tokenisation.
+takes the oldest waiting request together with every other waiting request,
+up to ``max_batch`` texts, whatever ratio or budget each asks for: the graph
+takes one keep ratio per row, and a row's answer is the one it gets alone.
+An idle service therefore adds no wait, and a loaded one answers eight queued
+requests in one call instead of eight calls in a row.
+
+A call lasts as long as its widest row needs.  Rows with a latency budget
+(``target_ms``, end to end inside the service) run at the largest ratio that
+keeps the call within the tightest budget left among them, after queueing and
+tokenisation, or at the highest explicit ratio in the call when that is larger:
+such a row already sets the call's length, so the budgeted rows lose nothing
+by keeping as much.  (A budget can then be missed; the metrics count it.)
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from latexport.runtime.session import (
     check_keep_ratio,
     check_target_ms,
     check_texts,
+    reported_ratio,
 )
 
 #: Percentiles are computed over the most recent requests, so /metrics stays O(window).
@@ -48,6 +54,7 @@ ANSWER_TIMEOUT_S = 120.0
 class RequestRecord:
     latency_ms: float
     queue_ms: float
+    #: The ratio the request ran at (the mean over its texts when it gave one per text).
     keep_ratio: float
     target_ms: Optional[float]
     #: Texts in the model call that answered this request (its own and its batch-mates').
@@ -148,7 +155,8 @@ class PendingRequest:
 
     texts: list[str]
     text_pairs: Optional[list[str]]
-    keep_ratio: Optional[float]
+    #: A float32 scalar, or one ratio per text; None with a budget.
+    keep_ratio: Optional[np.ndarray]
     target_ms: Optional[float]
     arrived: float
     done: threading.Event = field(default_factory=threading.Event)
@@ -157,10 +165,10 @@ class PendingRequest:
     started: float = 0.0
     call_texts: int = 0
 
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one model call (keep_ratio is one scalar per call)."""
-        mode = ("budget",) if self.target_ms is not None else ("ratio", self.keep_ratio)
-        return (*mode, self.text_pairs is not None)
+    def batch_key(self) -> bool:
+        """Requests with equal keys can share one model call: any ratios and budgets, but text
+        pairs are tokenised together, so pairs and single texts go in separate calls."""
+        return self.text_pairs is not None
 
 
 class ClassificationService:
@@ -208,7 +216,7 @@ class ClassificationService:
             worker.join(timeout=ANSWER_TIMEOUT_S)
 
     # --- one request ------------------------------------------------------------------
-    def classify(self, texts: Union[str, Sequence[str]], keep_ratio: Optional[float] = None,
+    def classify(self, texts: Union[str, Sequence[str]], keep_ratio: Union[float, Sequence[float], None] = None,
                  target_ms: Optional[float] = None, text_pairs: Optional[Sequence[str]] = None) -> dict:
         """One request, timed from arrival; raises InvalidInputError for a bad request."""
         arrived = time.perf_counter()
@@ -232,10 +240,12 @@ class ClassificationService:
         prediction = request.prediction
         latency_ms = (time.perf_counter() - arrived) * 1000
         queue_ms = (request.started - arrived) * 1000
-        self.metrics.record(RequestRecord(latency_ms, queue_ms, prediction.keep_ratio, target_ms, request.call_texts),
+        ratios = np.atleast_1d(prediction.keep_ratio)
+        self.metrics.record(RequestRecord(latency_ms, queue_ms, float(ratios.mean()), target_ms, request.call_texts),
                             len(prediction.logits))
         response = {
-            "keep_ratio": round(prediction.keep_ratio, 4),
+            "keep_ratio": [round(float(r), 4) for r in ratios] if isinstance(prediction.keep_ratio, list)
+            else round(float(prediction.keep_ratio), 4),
             "latency_ms": round(latency_ms, 3),
             "queue_ms": round(queue_ms, 3),
             "call_texts": request.call_texts,
@@ -267,10 +277,25 @@ class ClassificationService:
             target_ms = check_target_ms(target_ms)
             ratio = None
         else:
-            ratio = float(check_keep_ratio(keep_ratio, self.session.default_keep_ratio))
+            ratio = check_keep_ratio(keep_ratio, self.session.default_keep_ratio, batch=len(texts))
         return PendingRequest(texts, text_pairs, ratio, target_ms, arrived)
 
     # --- the worker ---------------------------------------------------------------------
+    def _budget_ratio(self, batch: list[PendingRequest], feed: dict) -> tuple[Optional[float], Optional[float]]:
+        """(ratio of the call's budgeted rows, predicted call latency), or (None, None) without budgets (module doc)."""
+        budgeted = [request for request in batch if request.target_ms is not None]
+        if not budgeted:
+            return None, None
+        remaining = min(request.target_ms - (time.perf_counter() - request.arrived) * 1000 for request in budgeted)
+        # A call whose budget is already spent runs as fast as it is allowed to.
+        ratio, predicted_ms = self.session.keep_ratio_for_budget(feed, max(remaining, 1e-3))
+        explicit = [float(np.max(request.keep_ratio)) for request in batch if request.target_ms is None]
+        if explicit and max(explicit) > ratio:
+            ratio = max(explicit)
+            batch_size, width = feed["attention_mask"].shape
+            predicted_ms = self.session.latency_model().guarded_ms(batch_size, width, ratio)
+        return ratio, predicted_ms
+
     def _work(self) -> None:
         while True:
             with self._wakeup:
@@ -298,17 +323,13 @@ class ClassificationService:
             texts = [text for request in batch for text in request.texts]
             pairs = [pair for request in batch for pair in request.text_pairs] if batch[0].text_pairs else None
             feed = self.session.encode(texts, pairs)
-            predicted_ms = None
-            if batch[0].target_ms is not None:
-                now = time.perf_counter()
-                remaining = min(request.target_ms - (now - request.arrived) * 1000 for request in batch)
-                # A batch whose budget is already spent runs as fast as it is allowed to.
-                ratio, predicted_ms = self.session.keep_ratio_for_budget(feed, max(remaining, 1e-3))
-            else:
-                ratio = batch[0].keep_ratio
-            prediction = self.session.prediction_from_logits(self.session.run(feed, ratio), ratio, predicted_ms)
+            budget_ratio, predicted_ms = self._budget_ratio(batch, feed)
+            per_request = [np.broadcast_to(request.keep_ratio if request.target_ms is None else budget_ratio,
+                                           len(request.texts)).astype(np.float32) for request in batch]
+            ratios = np.concatenate(per_request)
+            prediction = self.session.prediction_from_logits(self.session.run(feed, ratios), None, predicted_ms)
             offset = 0
-            for request in batch:
+            for request, request_ratios in zip(batch, per_request):
                 rows = slice(offset, offset + len(request.texts))
                 offset = rows.stop
                 request.prediction = Prediction(
@@ -316,8 +337,8 @@ class ClassificationService:
                     labels=None if prediction.labels is None else prediction.labels[rows],
                     scores=None if prediction.scores is None else prediction.scores[rows],
                     values=None if prediction.values is None else prediction.values[rows],
-                    keep_ratio=ratio,
-                    predicted_ms=predicted_ms,
+                    keep_ratio=reported_ratio(request.keep_ratio if request.target_ms is None else request_ratios[0]),
+                    predicted_ms=predicted_ms if request.target_ms is not None else None,
                 )
         except BaseException as error:  # every waiting request gets the failure, none is left hanging
             for request in batch:

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from latexport.bench.memory import measure_peak_memory
 from latexport.runtime.atomic import save_figure_atomic
 from latexport.runtime.errors import InvalidInputError
-from latexport.runtime.estimate import estimated_speedup
+from latexport.runtime.estimate import estimated_batch_speedup, estimated_speedup
 from latexport.runtime.metadata import ModelMetadata
 from latexport.runtime.session import (
     MODEL_FILE,
@@ -48,6 +48,8 @@ class Measurement:
     estimated_speedup: Optional[float] = None
     peak_mib: Optional[float] = None
     working_mib: Optional[float] = None
+    #: ``row_ratios``: the ratio of each row of the batch (``keep_ratio`` is then their highest).
+    row_ratios: Optional[list[float]] = None
 
 
 @dataclass
@@ -90,10 +92,13 @@ def bench(
     mixed_lengths: bool = False,
     memory: bool = True,
     compare: tuple[Path, ...] = (),
+    row_ratios: tuple[float, ...] = (),
 ) -> BenchResult:
     """Time ``model_dir`` at each ratio; ``baselines`` name plain exporters (see ``latexport.export.baseline``)
     applied to ``checkpoint`` (default: the checkpoint the model was converted from); ``compare``
     names other latexport directories (an int8 or fused variant) timed at the same ratios.
+    ``row_ratios`` adds one call per file whose rows run at these ratios in turn (one per row):
+    its latency follows its widest row, and its estimate says so (``estimated_batch_speedup``).
 
     Speedups "vs 1.0" are against the same file at keep_ratio 1.0 (plain exports: against
     ``model_dir`` at 1.0), "vs plain" against the fastest baseline.  With ``memory``, each
@@ -148,7 +153,18 @@ def bench(
             calls[name] = lambda s=session, f=ratio_feed, o=model_metadata.output_name: s.run([o], f)
             recipes[name] = (path, ratio_feed)
             kinds[name] = (label, ratio, model_metadata)
+        if row_ratios:
+            per_row = np.array([row_ratios[row % len(row_ratios)] for row in range(batch)], dtype=np.float32)
+            name = f"{label} rows {'/'.join(f'{r:g}' for r in row_ratios)}"
+            rows_feed = {**feed, "keep_ratio": per_row}
+            calls[name] = lambda s=session, f=rows_feed, o=model_metadata.output_name: s.run([o], f)
+            recipes[name] = (path, rows_feed)
+            kinds[name] = (label, float(per_row.max()), model_metadata)
 
+    name_rows = {name: [float(r) for r in call_feed["keep_ratio"]] for name, (_, call_feed) in recipes.items()
+                 if np.ndim(call_feed.get("keep_ratio", 0.0)) == 1}
+    # The estimate of a per-row call reads each row's own length (all equal unless --mixed-lengths).
+    row_lengths = feed["attention_mask"].sum(axis=1).tolist()
     times = interleaved(calls, repeats, warmup)
     memory_figures = (
         {name: measure_peak_memory(model_path, call_feed, providers, threads) for name, (model_path, call_feed) in recipes.items()}
@@ -182,6 +198,7 @@ def bench(
     for name, values in times.items():
         variant, ratio, model_metadata = kinds[name]
         median = medians[name]
+        rows_ratios = name_rows.get(name)
         result.rows.append(
             Measurement(
                 name=name,
@@ -193,8 +210,11 @@ def bench(
                 speedup_vs_full=_ratio(full_of.get(variant, full_of[main_label]), median),
                 speedup_vs_baseline=medians[fastest] / median if fastest else None,
                 estimated_speedup=(
-                    estimated_speedup(model_metadata.flops, model_metadata.profile, seq_len, ratio) if model_metadata else None
+                    None if model_metadata is None
+                    else estimated_batch_speedup(model_metadata.flops, model_metadata.profile, row_lengths, rows_ratios)
+                    if rows_ratios else estimated_speedup(model_metadata.flops, model_metadata.profile, seq_len, ratio)
                 ),
+                row_ratios=rows_ratios,
                 peak_mib=memory_figures[name].peak_mib if name in memory_figures else None,
                 working_mib=memory_figures[name].working_mib if name in memory_figures else None,
             )

@@ -104,13 +104,15 @@ class LatencyAdjustableModel(nn.Module):
         keep_ratio: Union[float, torch.Tensor] = 1.0,
         cache=None,
     ) -> LatencyAdjustableOutput:
-        """``cache`` (text-generation, ``latexport.export.decoding.LayerCache``) receives every
-        layer's keys and values of the word-vectors that entered it."""
+        """``keep_ratio``: a scalar, or one ratio per row ([batch]).  ``cache`` (text-generation,
+        ``latexport.export.decoding.LayerCache``) receives every layer's keys and values of the
+        word-vectors that entered it."""
         family = self.family
         core = family.core(self.hf_model)
         if not torch.is_tensor(keep_ratio):
             keep_ratio = torch.tensor(float(keep_ratio))
-        ratio = sanitize_keep_ratio(keep_ratio)
+        # A scalar or one ratio per row, [batch]: flat, it broadcasts against each row's length either way.
+        ratio = sanitize_keep_ratio(keep_ratio).reshape(-1)
         batch, width = input_ids.shape
 
         order = real_tokens_first(attention_mask > 0)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
+
+from latexport.runtime.keep_ratio_input import default_from_props
+from latexport.runtime.metadata import KEEP_RATIO_INPUT
 
 
 def hide_outputs(model: ir.Model, names: list[str]) -> None:
@@ -24,8 +28,23 @@ def hide_outputs(model: ir.Model, names: list[str]) -> None:
 
 
 def set_metadata(model: ir.Model, props: dict[str, str]) -> None:
+    """Set ``props`` and the keep_ratio input's default to the one they record
+    (``latexport.runtime.keep_ratio_input``, where the proto form lives for later edits)."""
     for key, value in props.items():
         model.metadata_props[key] = value
+    declare_keep_ratio(model, default_from_props(props))
+
+
+def declare_keep_ratio(model: ir.Model, default: float) -> None:
+    """keep_ratio: float32 of any rank (a scalar, or [batch] for one ratio per row), and an
+    overridable initializer holding ``default``, so that feeding it is optional."""
+    value = next((value for value in model.graph.inputs if value.name == KEEP_RATIO_INPUT), None)
+    if value is None:
+        return
+    value.shape = None
+    value.const_value = ir.tensor(np.array(default, dtype=np.float32), name=KEEP_RATIO_INPUT)
+    if KEEP_RATIO_INPUT not in model.graph.initializers:
+        model.graph.register_initializer(value)
 
 
 def with_int64_outputs(model_path: Path, names: list[str]) -> bytes:

@@ -133,6 +133,13 @@ class LatencyModel:
         along_lengths = [np.interp(np.log(longest), lengths, row) for row in log_factors]
         return float(np.exp(np.interp(np.log(batch), batches, along_lengths)))
 
+    def predict_rows_ms(self, longest: int, keep_ratios) -> float:
+        """A batch whose rows run at their own ratios (one per row).  The graph cuts every layer to
+        its widest row and the rows are padded to ``longest``, so the row at the highest ratio is the
+        widest everywhere: the call costs what the whole batch costs at that ratio."""
+        ratios = np.atleast_1d(np.asarray(keep_ratios, dtype=np.float64))
+        return self.predict_ms(len(ratios), longest, float(ratios.max()))
+
     def guarded_ms(self, batch: int, longest: int, keep_ratio: float) -> float:
         """The prediction with the safety margin: what a budget is compared with."""
         return self.predict_ms(batch, longest, keep_ratio) * (1.0 + self.margin)

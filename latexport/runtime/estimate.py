@@ -75,3 +75,21 @@ def layer_counts(profile: EliminationProfile, seq_len: int, keep_ratio: float) -
 def estimated_speedup(flops: FlopsModel, profile: EliminationProfile, seq_len: int, keep_ratio: float) -> float:
     full = flops.model_cost([(seq_len, seq_len)] * profile.num_layers)
     return full / flops.model_cost(layer_counts(profile, seq_len, keep_ratio))
+
+
+def padded_batch_counts(profile: EliminationProfile, seq_lens, keep_ratios) -> list[tuple[int, int]]:
+    """(entering, kept) of every layer for a padded batch whose rows have their own lengths and ratios.
+
+    The graph cuts each layer's tensor to its widest row, so a batch costs what its
+    widest row needs in every layer, times the batch: rows at lower ratios ride along.
+    """
+    per_row = [profile.kept_counts(int(length), float(ratio)) for length, ratio in zip(seq_lens, keep_ratios)]
+    kept = [max(layer) for layer in zip(*per_row)]
+    return list(zip([max(int(length) for length in seq_lens)] + kept[:-1], kept))
+
+
+def estimated_batch_speedup(flops: FlopsModel, profile: EliminationProfile, seq_lens, keep_ratios) -> float:
+    """The padded batch at its rows' ratios against the same batch at 1.0 (``padded_batch_counts``)."""
+    longest = max(int(length) for length in seq_lens)
+    full = flops.model_cost([(longest, longest)] * profile.num_layers)
+    return full / flops.model_cost(padded_batch_counts(profile, seq_lens, keep_ratios))

@@ -1,8 +1,9 @@
 """``latexport inspect``: what a model file is, and what a keep_ratio does to it.
 
 Reads only the file's metadata; prints the per-layer kept counts for one
-sequence length and the FLOPs-model speedup (formula in ``latexport.runtime.estimate``).
-Torch-free.
+sequence length and the FLOPs-model speedup (formula in ``latexport.runtime.estimate``),
+or, for a batch whose rows have their own lengths and ratios, each row's counts
+and the batch's, which follow its widest row.  Torch-free.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from latexport.runtime.estimate import estimated_speedup, layer_counts
+from latexport.runtime.estimate import (
+    estimated_batch_speedup,
+    estimated_speedup,
+    layer_counts,
+    padded_batch_counts,
+)
 from latexport.runtime.metadata import ModelMetadata
 from latexport.runtime.session import MODEL_FILE, load_session, read_metadata
 
@@ -74,6 +80,29 @@ def render(metadata: ModelMetadata, seq_len: int, keep_ratio: float) -> str:
     for ratio in (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.01):
         row = plan(metadata, seq_len, ratio)
         lines.append(f"{ratio:>10g} {row.estimated_speedup:>12.2f}x {row.counts[-1][1]:>19}")
+    return "\n".join(lines)
+
+
+def render_batch(metadata: ModelMetadata, seq_lens: list[int], keep_ratios: list[float]) -> str:
+    """Kept counts per layer of each row and of the padded batch, and their estimated speedups.
+
+    Each row alone would run at its own estimate; in the batch every layer is as
+    wide as its widest row, so the batch's estimate is what its latency follows.
+    """
+    rows = [plan(metadata, length, ratio) for length, ratio in zip(seq_lens, keep_ratios)]
+    batch_counts = padded_batch_counts(metadata.profile, seq_lens, keep_ratios)
+    header = " ".join(f"{f'row {i} kept':>11}" for i in range(len(rows)))
+    lines = [
+        f"A batch of {len(rows)} rows: " + ", ".join(f"{p.seq_len} tokens at {p.keep_ratio:g}" for p in rows),
+        f"{'layer':>5} {header} {'batch width':>12}",
+    ]
+    for layer, (_, width) in enumerate(batch_counts):
+        cells = " ".join(f"{p.counts[layer][1]:>11}" for p in rows)
+        lines.append(f"{layer + 1:>5} {cells} {width:>12}")
+    alone = ", ".join(f"{p.estimated_speedup:.2f}x" for p in rows)
+    batch = estimated_batch_speedup(metadata.flops, metadata.profile, seq_lens, keep_ratios)
+    lines.append(f"estimated speedup alone, per row: {alone}")
+    lines.append(f"estimated speedup of the batch (follows its widest row in every layer): {batch:.2f}x")
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ the file's recorded profile predicts, and only then points each at a fresh
 constant and updates ``latexport.profile``.  A file that does not match (an
 unknown graph, a hand-edited one) is refused, never half-rewritten; the
 result is written atomically.  A tuned default ratio belongs to the old
-profile, so it is dropped with its tuning record.
+profile, so it is dropped with its tuning record (and the keep_ratio input's
+default returns to 1.0).
 
 Needs only ``onnx`` and numpy; external weight files are left where they are.
 """
@@ -28,6 +29,7 @@ import numpy as np
 
 from latexport.runtime.atomic import write_bytes_atomic
 from latexport.runtime.errors import LatexportError
+from latexport.runtime.keep_ratio_input import set_props
 from latexport.runtime.metadata import KEEP_RATIO_INPUT, PREFIX
 from latexport.runtime.profile import EliminationProfile
 
@@ -85,9 +87,7 @@ def reprofile(
     for key in TUNED_KEYS:
         props.pop(key, None)
     props.update(metadata or {})
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        proto.metadata_props.add(key=key, value=value)
+    set_props(proto, props)
     write_bytes_atomic(Path(target) if target is not None else model_path, proto.SerializeToString())
     return new
 

@@ -33,7 +33,8 @@ TOKENIZER_FILE = "tokenizer.json"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 TRUNCATION_MODES = ("warn", "error", "silent")
 
-KeepRatio = Union[float, np.floating, np.ndarray, None]
+#: A number, or one per row (a sequence or a 1-D array), or None for the file's default.
+KeepRatio = Union[float, np.floating, np.ndarray, Sequence[float], None]
 
 
 class TruncationWarning(UserWarning):
@@ -52,33 +53,54 @@ class Prediction:
     labels: Optional[list[str]] = None
     scores: Optional[np.ndarray] = None
     values: Optional[np.ndarray] = None
-    #: The ratio the call ran at (chosen by the budget when ``target_ms`` was given).
-    keep_ratio: Optional[float] = None
+    #: The ratio the call ran at (chosen by the budget when ``target_ms`` was given), or one per row.
+    keep_ratio: Union[float, list[float], None] = None
     #: With ``target_ms``: the calibration's predicted latency of the model call.
     predicted_ms: Optional[float] = None
 
 
-def check_keep_ratio(keep_ratio: KeepRatio, default: float = 1.0) -> np.ndarray:
-    """A keep_ratio as the graph wants it: a finite float32 scalar in (0, 1]."""
+def check_keep_ratio(keep_ratio: KeepRatio, default: float = 1.0, batch: Optional[int] = None) -> np.ndarray:
+    """A keep_ratio as the graph takes it: a float32 scalar, or, when the caller knows the
+    ``batch``, one ratio per row ([batch]); every value finite and in (0, 1].
+
+    A row's result at ratio r is the same alone, in a batch at r, or beside rows
+    at other ratios (``latexport.runtime.keep_ratio_input``).
+    """
     if keep_ratio is None:
         keep_ratio = default
     if isinstance(keep_ratio, (bool, np.bool_)):
         raise InvalidInputError(f"keep_ratio must be a number in (0, 1], got the boolean {keep_ratio!r}")
+    if isinstance(keep_ratio, (list, tuple)):
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in keep_ratio):
+            raise InvalidInputError(f"keep_ratio must hold numbers in (0, 1], got {list(keep_ratio)!r}")
+        keep_ratio = np.array(keep_ratio, dtype=np.float64)
     if isinstance(keep_ratio, np.ndarray):
-        if keep_ratio.shape not in ((), (1,)):
-            raise InvalidInputError(f"keep_ratio must be a scalar, got an array of shape {keep_ratio.shape}")
         if not np.issubdtype(keep_ratio.dtype, np.floating):
-            raise InvalidInputError(f"keep_ratio must be a float scalar, got dtype {keep_ratio.dtype}")
-        value = float(keep_ratio.reshape(()))
+            raise InvalidInputError(f"keep_ratio must be float, got dtype {keep_ratio.dtype}")
+        if keep_ratio.ndim > 1 or keep_ratio.size == 0:
+            raise InvalidInputError(f"keep_ratio must be a scalar or one value per row [batch], got shape {keep_ratio.shape}")
+        if keep_ratio.ndim == 1 and keep_ratio.size > 1:
+            if batch is None:
+                raise InvalidInputError("one keep_ratio per row is accepted only where the batch is known")
+            if keep_ratio.size != batch:
+                raise InvalidInputError(f"keep_ratio has {keep_ratio.size} values for a batch of {batch} rows")
+            values = keep_ratio.astype(np.float64)
+        else:
+            values = keep_ratio.reshape(()).astype(np.float64)
     elif isinstance(keep_ratio, numbers.Real):
-        value = float(keep_ratio)
+        values = np.array(float(keep_ratio))
     else:
         raise InvalidInputError(f"keep_ratio must be a number in (0, 1], got {type(keep_ratio).__name__}")
-    if math.isnan(value) or math.isinf(value):
-        raise InvalidInputError(f"keep_ratio must be finite, got {value}")
-    if not (0.0 < value <= 1.0):
-        raise InvalidInputError(f"keep_ratio must be in (0, 1], got {value}")
-    return np.array(value, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise InvalidInputError(f"keep_ratio must be finite, got {values.tolist()}")
+    if not ((values > 0.0) & (values <= 1.0)).all():
+        raise InvalidInputError(f"keep_ratio must be in (0, 1], got {values.tolist()}")
+    return values.astype(np.float32)
+
+
+def reported_ratio(keep_ratio: np.ndarray) -> Union[float, list[float]]:
+    """What a result says it ran at: one number, or one per row."""
+    return float(keep_ratio) if keep_ratio.ndim == 0 else [float(value) for value in keep_ratio]
 
 
 def check_target_ms(target_ms) -> float:
@@ -219,7 +241,7 @@ class LatencyAdjustableSession:
     def run(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> np.ndarray:
         """Run on already-tokenised inputs; returns the raw output (logits or embedding)."""
         feed = self.check_inputs(inputs)
-        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio)
+        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio, batch=len(feed["input_ids"]))
         if self.io_binding:
             return self._run_bound(feed)
         return self.session.run([self.metadata.output_name], feed)[0]
@@ -228,11 +250,15 @@ class LatencyAdjustableSession:
         """One call through IO binding; a binding per call keeps the session thread-safe.
 
         keep_ratio is bound from host memory: it only sizes TopK, and ONNX
-        Runtime copies it to wherever its consumers run.
+        Runtime copies it to wherever its consumers run.  It is bound as an
+        OrtValue because ``bind_cpu_input`` cannot find an input that is also an
+        initializer (the file's default, ``latexport.runtime.keep_ratio_input``).
         """
         binding = self.session.io_binding()
         for name, array in feed.items():
-            if name == "keep_ratio" or self._device == "cpu":
+            if name == "keep_ratio":
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+            elif self._device == "cpu":
                 binding.bind_cpu_input(name, array)
             else:
                 binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self._device, 0))
@@ -261,10 +287,10 @@ class LatencyAdjustableSession:
             if keep_ratio is not None:
                 raise InvalidInputError("give keep_ratio or target_ms, not both")
             keep_ratio, predicted_ms = self.keep_ratio_for_budget(feed, target_ms, spent_ms=(time.perf_counter() - started) * 1000)
-        ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
-        return self.prediction_from_logits(self.run(feed, ratio), ratio, predicted_ms)
+        ratio = check_keep_ratio(keep_ratio, self.default_keep_ratio, batch=len(feed["input_ids"]))
+        return self.prediction_from_logits(self.run(feed, ratio), reported_ratio(ratio), predicted_ms)
 
-    def prediction_from_logits(self, logits: np.ndarray, keep_ratio: Optional[float] = None,
+    def prediction_from_logits(self, logits: np.ndarray, keep_ratio: Union[float, list[float], None] = None,
                                predicted_ms: Optional[float] = None) -> Prediction:
         """Labels and softmax scores (or regression values) for raw logits of this model."""
         if self.metadata.problem_type == "regression":

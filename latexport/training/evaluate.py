@@ -26,6 +26,7 @@ import numpy as np
 from latexport.runtime.atomic import save_figure_atomic, write_bytes_atomic
 from latexport.runtime.errors import LatexportError
 from latexport.runtime.estimate import estimated_speedup
+from latexport.runtime.keep_ratio_input import set_props
 from latexport.runtime.metadata import PREFIX
 from latexport.runtime.profile import EliminationProfile
 from latexport.runtime.reprofile import profile_of, reprofile
@@ -501,7 +502,5 @@ def write_metadata(model_path: Path, values: dict[str, str]) -> None:
     proto = onnx.load(str(model_path))
     props = {p.key: p.value for p in proto.metadata_props}
     props.update({PREFIX + key: value for key, value in values.items()})
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        proto.metadata_props.add(key=key, value=value)
+    set_props(proto, props)
     write_bytes_atomic(model_path, proto.SerializeToString())
