@@ -140,3 +140,20 @@ def test_per_row_ratios_need_a_known_batch():
     with pytest.raises(InvalidInputError, match="batch is known"):
         check_keep_ratio([0.5, 0.7])
     assert check_keep_ratio([0.5]).shape == ()
+
+
+@pytest.mark.parametrize("fixture, key", [("decoder_converted", ("llama", "text-generation")),
+                                          ("t5_converted", ("t5", "text2text-generation"))])
+def test_generation_runs_each_prompt_at_its_own_ratio(request, fixture, key):
+    from latexport.runtime.generation import CausalGenerator, Seq2SeqGenerator
+
+    out_dir = request.getfixturevalue(fixture)[key].out_dir
+    generator = (CausalGenerator if key[1] == "text-generation" else Seq2SeqGenerator)(out_dir)
+    prompts = ["the film was a very long story and the ending was sad", "bad movie with the actors"]
+    ratios = [1.0, 0.1]
+    mixed = generator.generate(prompts, keep_ratio=ratios, max_new_tokens=6, min_new_tokens=6)
+    assert mixed.keep_ratio == pytest.approx(ratios)
+    for index, ratio in enumerate(ratios):
+        alone = generator.generate([prompts[index]], keep_ratio=ratio, max_new_tokens=6, min_new_tokens=6)
+        assert mixed.token_ids[index] == alone.token_ids[0], f"prompt {index} at {ratio}"
+        assert mixed.kept_tokens[index] == alone.kept_tokens[0]

@@ -35,6 +35,7 @@ from latexport.runtime.session import (
     check_keep_ratio,
     choose_providers,
     load_session,
+    reported_ratio,
 )
 
 #: A bound on generated tokens, so that a typo cannot make a call run for hours.
@@ -69,7 +70,8 @@ class Generation:
     texts: list[str]
     #: The new tokens of each prompt, up to and including the end token when it came.
     token_ids: list[list[int]]
-    keep_ratio: float
+    #: The ratio the prompt pass ran at, or one per prompt.
+    keep_ratio: Union[float, list[float]]
     #: Word-vectors of each prompt that the last layer kept (encoder-decoder) or
     #: attends to (decoder-only: its cache), against the prompt's length.
     kept_tokens: list[int] = field(default_factory=list)
@@ -144,7 +146,7 @@ class Seq2SeqGenerator(PrunedPromptGenerator):
     def encode_states(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> tuple[np.ndarray, np.ndarray]:
         """The encoder's kept states [B, K, D] and their mask [B, K] (int64, 1 = kept)."""
         feed = self.encoder.check_inputs(inputs)
-        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio)
+        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio, batch=len(feed["input_ids"]))
         states, mask = self.encoder.session.run([self.encoder.metadata.output_name, ENCODER_MASK_OUTPUT], feed)
         return states, mask
 
@@ -161,7 +163,8 @@ class Seq2SeqGenerator(PrunedPromptGenerator):
         The end token cannot end a continuation before ``min_new_tokens`` (benchmarks
         use it to decode a fixed number of steps)."""
         max_new_tokens, min_new_tokens = check_token_counts(max_new_tokens, min_new_tokens)
-        ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
+        inputs = self.encoder.check_inputs(inputs)
+        ratio = check_keep_ratio(keep_ratio, self.default_keep_ratio, batch=len(inputs["input_ids"]))
         started = time.perf_counter()
         states, mask = self.encode_states(inputs, ratio)
         prompt_ms = (time.perf_counter() - started) * 1e3
@@ -178,7 +181,7 @@ class Seq2SeqGenerator(PrunedPromptGenerator):
             return outputs[0][:, -1]
 
         return decode(
-            outputs[0][:, -1], step, self.settings, ratio, max_new_tokens, min_new_tokens, sampling, started,
+            outputs[0][:, -1], step, self.settings, reported_ratio(ratio), max_new_tokens, min_new_tokens, sampling, started,
             prompt_ms=prompt_ms, kept_tokens=mask.sum(axis=1).tolist(),
             prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
         )
@@ -203,7 +206,7 @@ class CausalGenerator(PrunedPromptGenerator):
     def prefill(self, inputs: Mapping[str, np.ndarray], keep_ratio: KeepRatio = None) -> tuple[np.ndarray, dict]:
         """The pruned prompt pass: next-token logits [B, V] and the cache, keyed by the decode step's input names."""
         feed = self.prompt.check_inputs(inputs)
-        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio)
+        feed["keep_ratio"] = check_keep_ratio(keep_ratio, self.default_keep_ratio, batch=len(feed["input_ids"]))
         logits, *cache = self.prompt.session.run(["logits", *self._present_names], feed)
         return logits, dict(zip(self._past_names, cache))
 
@@ -217,8 +220,8 @@ class CausalGenerator(PrunedPromptGenerator):
     ) -> Generation:
         """Greedy (or sampled) continuation of tokenised prompts (see ``Seq2SeqGenerator.generate_ids``)."""
         max_new_tokens, min_new_tokens = check_token_counts(max_new_tokens, min_new_tokens)
-        ratio = float(check_keep_ratio(keep_ratio, self.default_keep_ratio))
         inputs = self.prompt.check_inputs(inputs)
+        ratio = check_keep_ratio(keep_ratio, self.default_keep_ratio, batch=len(inputs["input_ids"]))
         longest = int(inputs["attention_mask"].sum(axis=1).max())
         if longest + max_new_tokens > self.prompt.max_length:
             raise InvalidInputError(
@@ -238,7 +241,7 @@ class CausalGenerator(PrunedPromptGenerator):
             return outputs[0][:, -1]
 
         return decode(
-            logits, step, self.settings, ratio, max_new_tokens, min_new_tokens, sampling, started, prompt_ms=prompt_ms,
+            logits, step, self.settings, reported_ratio(ratio), max_new_tokens, min_new_tokens, sampling, started, prompt_ms=prompt_ms,
             kept_tokens=cache[self._past_names[-1]].sum(axis=1).tolist(),
             prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
         )
@@ -292,7 +295,7 @@ def decode(
     first_logits: np.ndarray,
     step,
     settings: dict,
-    keep_ratio: float,
+    keep_ratio: Union[float, list[float]],
     max_new_tokens: int,
     min_new_tokens: int,
     sampling: Optional[Sampling],
