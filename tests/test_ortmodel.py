@@ -1,4 +1,4 @@
-"""latexport models as optimum ORTModels and inside transformers' pipeline."""
+"""latexport models as optimum ORTModels and inside transformers' pipeline; stock optimum runs them at their default."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from latexport.integrations.ortmodel import (  # noqa: E402
 )
 from latexport.runtime.errors import InvalidInputError, ModelDirectoryError
 from latexport.runtime.session import LatencyAdjustableSession
+from latexport.training.evaluate import write_metadata
 
 TEXTS = ["the film was very good and the music was great , one of the best", "a dull , slow story with a bad ending"]
 
@@ -39,6 +40,48 @@ def test_forward_matches_the_runtime_at_every_ratio(model, bert_classifier):
         np.testing.assert_allclose(model(**feed, keep_ratio=ratio).logits, expected, atol=1e-6)
     # The ratio is really applied: the tiny model's logits move between 1.0 and 0.1.
     assert np.abs(session.run(feed, keep_ratio=1.0) - session.run(feed, keep_ratio=0.1)).max() > 1e-3
+
+
+def test_forward_takes_one_ratio_per_row(model, bert_classifier):
+    """Each row gets the logits it gets alone at its own ratio, through both optimum paths."""
+    session = LatencyAdjustableSession(bert_classifier)
+    feed = session.encode(TEXTS)
+    ratios = [0.1, 1.0]
+    alone = np.concatenate([session.predict([text], keep_ratio=ratio).logits for text, ratio in zip(TEXTS, ratios)])
+    torch_inputs = {name: torch.from_numpy(array) for name, array in feed.items()}
+    bound = LatexportModelForSequenceClassification.from_pretrained(bert_classifier, use_io_binding=True)
+    for per_row in (ratios, np.array(ratios, dtype=np.float32), torch.tensor(ratios)):
+        np.testing.assert_allclose(model(**torch_inputs, keep_ratio=per_row).logits.numpy(), alone, atol=1e-5)
+        np.testing.assert_allclose(bound(**torch_inputs, keep_ratio=per_row).logits.numpy(), alone, atol=1e-5)
+    np.testing.assert_allclose(model(**feed, keep_ratio=ratios).logits, alone, atol=1e-5)
+    assert np.abs(alone[0] - session.run(feed, keep_ratio=1.0)[0]).max() > 1e-4
+    with pytest.raises(InvalidInputError, match="3 values for a batch of 2"):
+        model(**feed, keep_ratio=[0.5, 0.5, 0.5])
+
+    classifier = transformers_pipeline("text-classification", model=model, tokenizer=model.tokenizer,
+                                       pipeline_class=LatexportTextClassificationPipeline)
+    scores = np.exp(alone) / np.exp(alone).sum(axis=1, keepdims=True)
+    answers = classifier(TEXTS, keep_ratio=ratios, batch_size=2)
+    np.testing.assert_allclose([answer["score"] for answer in answers], scores.max(axis=1), atol=1e-5)
+
+
+def test_stock_optimum_runs_a_converted_classifier_at_its_recorded_default(bert_classifier, tmp_path):
+    """optimum's own class, knowing nothing of keep_ratio, feeds only the token inputs: the file's default applies."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(bert_classifier, tuned)
+    write_metadata(tuned / "model.onnx", {"default_keep_ratio": "0.25"})  # as `latexport tune` records it
+    stock = ORTModelForSequenceClassification.from_pretrained(tuned)
+    assert type(stock) is ORTModelForSequenceClassification
+    assert "keep_ratio" not in [tensor.name for tensor in stock.session.get_inputs()]
+    assert [tensor.name for tensor in stock.session.get_overridable_initializers()] == ["keep_ratio"]
+
+    session = LatencyAdjustableSession(tuned)
+    feed = session.encode(TEXTS)
+    logits = stock(**{name: torch.from_numpy(array) for name, array in feed.items()}).logits.numpy()
+    np.testing.assert_allclose(logits, session.run(feed, keep_ratio=0.25), atol=1e-6)
+    assert np.abs(logits - session.run(feed, keep_ratio=1.0)).max() > 1e-4
 
 
 def test_io_binding_gives_the_same_logits(bert_classifier):

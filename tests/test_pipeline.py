@@ -1,4 +1,4 @@
-"""transformers' pipeline over a latexport file without optimum, with keep_ratio per call."""
+"""transformers' pipeline over a latexport file without optimum, with keep_ratio per call or per text."""
 
 import numpy as np
 import pytest
@@ -39,6 +39,47 @@ def test_the_model_forward_takes_torch_or_numpy_and_checks_its_inputs(bert_class
         model(input_ids=feed["input_ids"])
     with pytest.raises(InvalidInputError, match="keep_ratio"):
         pipeline(bert_classifier)(TEXTS, keep_ratio=1.5)
+
+
+#: One ratio per text: the first (long) text really changes between 1.0 and 0.1.
+PER_TEXT = [0.1, 1.0]
+
+
+def alone(session: LatencyAdjustableSession, texts, ratios) -> np.ndarray:
+    """Each text's logits run by itself at its own ratio."""
+    return np.concatenate([session.predict([text], keep_ratio=ratio).logits for text, ratio in zip(texts, ratios)])
+
+
+def test_the_model_forward_takes_one_ratio_per_row(bert_classifier):
+    model = LatexportForSequenceClassification.from_directory(bert_classifier)
+    session = LatencyAdjustableSession(bert_classifier)
+    feed = session.encode(TEXTS)
+    expected = alone(session, TEXTS, PER_TEXT)
+    torch_feed = {name: torch.from_numpy(value) for name, value in feed.items()}
+    for ratios in (PER_TEXT, np.array(PER_TEXT, dtype=np.float32), torch.tensor(PER_TEXT)):
+        np.testing.assert_allclose(model(**torch_feed, keep_ratio=ratios).logits.numpy(), expected, atol=1e-5)
+    assert np.abs(expected[0] - session.run(feed, keep_ratio=1.0)[0]).max() > 1e-4
+    with pytest.raises(InvalidInputError, match="3 values for a batch of 2"):
+        model(**feed, keep_ratio=[0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_the_pipeline_takes_one_ratio_per_text(bert_classifier, batch_size):
+    """With a list of texts, keep_ratio may hold one ratio per text, also through the pipeline's own batching."""
+    classifier = pipeline(bert_classifier)
+    session = LatencyAdjustableSession(bert_classifier)
+    expected = alone(session, TEXTS, PER_TEXT)
+    scores = np.exp(expected) / np.exp(expected).sum(axis=1, keepdims=True)
+    got = classifier(TEXTS, keep_ratio=PER_TEXT, batch_size=batch_size, top_k=None)
+    for row, answers in enumerate(got):
+        by_label = {answer["label"]: answer["score"] for answer in answers}
+        np.testing.assert_allclose([by_label[label] for label in session.labels], scores[row], atol=1e-5)
+    with pytest.raises(InvalidInputError, match="one ratio per text"):
+        classifier(TEXTS[0], keep_ratio=PER_TEXT)
+    with pytest.raises(InvalidInputError, match="one ratio per text"):
+        classifier(TEXTS, keep_ratio=[0.5, 0.5, 0.5])
+    with pytest.raises(InvalidInputError, match="keep_ratio"):
+        classifier(TEXTS, keep_ratio=[0.5, 1.5])
 
 
 def test_a_non_classifier_is_refused(converted):

@@ -1,13 +1,19 @@
 #!/usr/bin/env node
 // Classify text with a latexport model.onnx from Node.js.
 //
-//   node classify.js MODEL_DIR --inputs inputs.json [--keep-ratio R]
-//   node classify.js MODEL_DIR --text "a gripping film" [--text "..."] [--keep-ratio R]
+//   node classify.js MODEL_DIR --inputs inputs.json [--keep-ratio R | --keep-ratio R1,R2,...]
+//   node classify.js MODEL_DIR --text "a gripping film" [--text "..."] [--keep-ratio R | --keep-ratio R1,R2,...]
 //
 // inputs.json holds {"input_ids": [[...]], "attention_mask": [[...]]} (plus
 // "token_type_ids" for models that take them) as integer arrays [batch][seq];
 // --text tokenises in Node with MODEL_DIR/tokenizer.json instead.
-// Prints {"logits": [[...]], "keep_ratio": R, "labels": [...]} on stdout.
+// --keep-ratio R runs every row at R; a comma list gives one ratio per row
+// (per text); without it the file's recorded default applies.
+// Prints {"logits": [[...]], "keep_ratio": R or [R1, ...], "labels": [...]} on stdout.
+//
+// As a library: const classifier = await Classifier.load(MODEL_DIR);
+//   await classifier.classify({input_ids, attention_mask, ...}, keepRatio)
+// with keepRatio undefined (the default), a number, or an array, one per row.
 //
 // Everything runs inside onnxruntime-node: the token scoring and dropping that
 // keep_ratio drives are ordinary ONNX operators in the file, so no Python and
@@ -20,7 +26,8 @@ const { parseArgs } = require('node:util');
 const { Tokenizer } = require('@huggingface/tokenizers');
 const ort = require('onnxruntime-node');
 
-const USAGE = 'usage: node classify.js MODEL_DIR (--inputs inputs.json | --text TEXT...) [--keep-ratio R]';
+const USAGE = 'usage: node classify.js MODEL_DIR (--inputs inputs.json | --text TEXT...) [--keep-ratio R[,R...]]';
+const KEEP_RATIO = 'keep_ratio';
 const METADATA_PREFIX = 'latexport.';
 
 // A problem with what the caller passed: reported in one line, exit status 2.
@@ -54,14 +61,31 @@ function parseCommandLine(argv) {
   };
 }
 
-// The graph clamps any ratio itself, but a value outside (0, 1] is almost
-// certainly a mistake (a percentage, a swapped argument), so say so.
+// A number, or a comma list of them (one per row). The graph clamps any ratio
+// itself, but a value outside (0, 1] is almost certainly a mistake (a
+// percentage, a swapped argument), so say so.
 function parseKeepRatio(text, source) {
-  const value = Number(text);
-  if (text.trim() === '' || !Number.isFinite(value) || value <= 0 || value > 1) {
-    throw new UsageError(`${source} must be a number in (0, 1], got ${JSON.stringify(text)}`);
+  const values = text.split(',').map((item) => checkKeepRatio(item.trim() === '' ? NaN : Number(item), source, item));
+  return values.length === 1 ? values[0] : values;
+}
+
+function checkKeepRatio(value, source, text = value) {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > 1) {
+    throw new UsageError(`${source} must be a number in (0, 1], got ${JSON.stringify(String(text))}`);
   }
   return value;
+}
+
+// The float32 keep_ratio tensor: a scalar (dims []) runs every row at one
+// ratio, an array (dims [batch]) each row at its own, with the result it
+// would have alone.
+function keepRatioTensor(keepRatio, batch) {
+  if (!Array.isArray(keepRatio)) return new ort.Tensor('float32', Float32Array.of(checkKeepRatio(keepRatio, KEEP_RATIO)), []);
+  if (keepRatio.length !== batch) {
+    throw new UsageError(`${KEEP_RATIO} has ${keepRatio.length} values for a batch of ${batch} rows`);
+  }
+  keepRatio.forEach((value) => checkKeepRatio(value, KEEP_RATIO));
+  return new ort.Tensor('float32', Float32Array.from(keepRatio), [batch]);
 }
 
 // onnxruntime-node (1.30) exposes input and output names but not the model's
@@ -81,7 +105,8 @@ function readMetadataProps(modelBytes) {
   return props;
 }
 
-// Yields {number, bytes?} for each field of one protobuf message (wire format).
+// Yields {number, bytes?, start, end} for each field of one protobuf message
+// (wire format); start and end bound the whole field, tag included.
 function* protobufFields(bytes) {
   let offset = 0;
   const readVarint = () => {
@@ -98,25 +123,76 @@ function* protobufFields(bytes) {
     return value;
   };
   while (offset < bytes.length) {
+    const start = offset;
     const tag = readVarint();
     const number = Math.floor(tag / 8);
     const wireType = tag % 8;
+    let payload;
     if (wireType === 0) {
       readVarint();
-      yield { number };
     } else if (wireType === 1) {
       offset += 8;
     } else if (wireType === 2) {
       const length = readVarint();
       if (offset + length > bytes.length) throw new Error('truncated protobuf field');
-      yield { number, bytes: bytes.subarray(offset, offset + length) };
+      payload = bytes.subarray(offset, offset + length);
       offset += length;
     } else if (wireType === 5) {
       offset += 4;
     } else {
       throw new Error(`unsupported protobuf wire type ${wireType}`);
     }
+    yield { number, bytes: payload, start, end: offset };
   }
+}
+
+function encodeVarint(value) {
+  const bytes = [];
+  for (; value >= 128; value = Math.floor(value / 128)) bytes.push((value % 128) | 0x80);
+  bytes.push(value);
+  return Buffer.from(bytes);
+}
+
+// The model bytes without the initializer NAME (GraphProto field 5, a
+// TensorProto whose field 8 is its name) in the graph (ModelProto field 7).
+//
+// keep_ratio is both a graph input and an initializer holding the file's
+// default ratio, so ONNX Runtime counts it as an overridable initializer, not
+// an input. onnxruntime-node has no counterpart of Python's
+// get_overridable_initializers(): session.inputNames lists only input_ids,
+// attention_mask (and token_type_ids), and run() feeds only the names in that
+// list, so a keep_ratio in the feeds is dropped without a word (the binding's
+// InferenceSessionWrap::Run, js/node/src/inference_session_wrap.cc in
+// microsoft/onnxruntime; checked with onnxruntime-node 1.30). Without its
+// default, keep_ratio is an ordinary input, listed in inputNames and fed on
+// every call. The weights are copied once.
+function withoutInitializer(modelBytes, name) {
+  const parts = [];
+  let removed = false;
+  for (const field of protobufFields(modelBytes)) {
+    if (field.number !== 7 || field.bytes === undefined) {
+      parts.push(modelBytes.subarray(field.start, field.end));
+      continue;
+    }
+    const graphParts = [];
+    for (const graphField of protobufFields(field.bytes)) {
+      if (graphField.number === 5 && graphField.bytes !== undefined && tensorName(graphField.bytes) === name) {
+        removed = true;
+      } else {
+        graphParts.push(field.bytes.subarray(graphField.start, graphField.end));
+      }
+    }
+    const graphLength = graphParts.reduce((total, part) => total + part.length, 0);
+    parts.push(encodeVarint(7 * 8 + 2), encodeVarint(graphLength), ...graphParts);
+  }
+  return removed ? Buffer.concat(parts) : modelBytes;
+}
+
+function tensorName(tensorBytes) {
+  for (const field of protobufFields(tensorBytes)) {
+    if (field.number === 8 && field.bytes !== undefined) return Buffer.from(field.bytes).toString('utf8');
+  }
+  return undefined;
 }
 
 // What the file says about itself; {} when it is not readable as latexport metadata.
@@ -267,65 +343,90 @@ function toRows(tensor) {
   return Array.from({ length: batch }, (_, row) => Array.from(tensor.data.subarray(row * width, (row + 1) * width)));
 }
 
+// One model file, loaded once, run with any keep_ratio per call.
+class Classifier {
+  static async load(modelDir) {
+    const modelPath = path.join(modelDir, 'model.onnx');
+    if (!fs.existsSync(modelPath)) {
+      throw new UsageError(`${modelPath} does not exist; convert a checkpoint first (latexport convert)`);
+    }
+    // Read the file once: the same bytes give the session and the metadata.
+    const modelBytes = fs.readFileSync(modelPath);
+    let session;
+    try {
+      session = await ort.InferenceSession.create(withoutInitializer(modelBytes, KEEP_RATIO), { logSeverityLevel: 3 });
+    } catch (error) {
+      throw new UsageError(`${modelPath} cannot be loaded; is it corrupt or truncated? (${firstLine(error)})`);
+    }
+    const metadata = readLatexportMetadata(modelBytes);
+    if (metadata.task !== undefined && metadata.task !== 'text-classification') {
+      throw new UsageError(`this model does ${metadata.task}; classify.js runs text-classification models`);
+    }
+    if (!session.inputNames.includes(KEEP_RATIO)) {
+      throw new UsageError(`${modelPath} has no keep_ratio input; is it a latexport model?`);
+    }
+    return new Classifier(modelDir, session, metadata);
+  }
+
+  constructor(modelDir, session, metadata) {
+    this.modelDir = modelDir;
+    this.session = session;
+    this.metadata = metadata;
+    // Feed exactly what the session declares: token_type_ids only where the
+    // model takes them; any other key in the inputs is ignored.
+    this.tokenInputNames = session.inputNames.filter((name) => name !== KEEP_RATIO);
+    this.labelNames = readLabelNames(modelDir, metadata);
+    // The ratio `latexport tune` recorded in the file (1.0 if none), the one
+    // the graph itself holds as keep_ratio's default.
+    this.defaultKeepRatio =
+      metadata.default_keep_ratio === undefined
+        ? 1.0
+        : parseKeepRatio(metadata.default_keep_ratio, "the model's latexport.default_keep_ratio");
+  }
+
+  // Token ids for TEXTS, in the shape an inputs file has.
+  encode(texts) {
+    return encodeTexts(this.modelDir, texts, this.metadata);
+  }
+
+  // INPUTS: named [batch][seq] integer arrays; KEEPRATIO: undefined (the
+  // file's default), a number (every row) or an array (one per row).
+  async classify(inputs, keepRatio = this.defaultKeepRatio) {
+    const feed = buildTokenTensors(inputs, this.tokenInputNames, this.metadata);
+    feed[KEEP_RATIO] = keepRatioTensor(keepRatio, feed[this.tokenInputNames[0]].dims[0]);
+
+    const outputName = this.metadata.output_name ?? this.session.outputNames[0];
+    const results = await this.session.run(feed, [outputName]);
+    const logits = toRows(results[outputName]);
+
+    // Predicted label per row, as `latexport run` prints; null for regression.
+    const labels =
+      this.labelNames.length === logits[0].length && this.labelNames.length > 1
+        ? logits.map((row) => this.labelNames[row.indexOf(Math.max(...row))])
+        : null;
+    return { logits, keep_ratio: keepRatio, labels };
+  }
+}
+
 async function main() {
   const { modelDir, inputsPath, texts, keepRatio } = parseCommandLine(process.argv.slice(2));
-
-  const modelPath = path.join(modelDir, 'model.onnx');
-  if (!fs.existsSync(modelPath)) {
-    throw new UsageError(`${modelPath} does not exist; convert a checkpoint first (latexport convert)`);
-  }
-  // Read the file once: the same bytes give the session and the metadata.
-  const modelBytes = fs.readFileSync(modelPath);
-  let session;
-  try {
-    session = await ort.InferenceSession.create(modelBytes, { logSeverityLevel: 3 });
-  } catch (error) {
-    throw new UsageError(`${modelPath} cannot be loaded; is it corrupt or truncated? (${firstLine(error)})`);
-  }
-  const metadata = readLatexportMetadata(modelBytes);
-  if (metadata.task !== undefined && metadata.task !== 'text-classification') {
-    throw new UsageError(`this model does ${metadata.task}; classify.js runs text-classification models`);
-  }
-  if (!session.inputNames.includes('keep_ratio')) {
-    throw new UsageError(`${modelPath} has no keep_ratio input; is it a latexport model?`);
-  }
-
-  // Feed exactly what the session declares: token_type_ids only where the
-  // model takes them; any other key in the inputs file is ignored.
-  const tokenInputNames = session.inputNames.filter((name) => name !== 'keep_ratio');
-  const inputs = texts === undefined ? readJsonFile(inputsPath, 'inputs file') : encodeTexts(modelDir, texts, metadata);
-  const feed = buildTokenTensors(inputs, tokenInputNames, metadata);
-
-  // The ratio `latexport tune` recorded in the file applies when none is given.
-  const ratio =
-    keepRatio ??
-    (metadata.default_keep_ratio === undefined
-      ? 1.0
-      : parseKeepRatio(metadata.default_keep_ratio, "the model's latexport.default_keep_ratio"));
-  // A float32 scalar (dims []): one ratio for the whole batch, per call.
-  feed.keep_ratio = new ort.Tensor('float32', Float32Array.of(ratio), []);
-
-  const outputName = metadata.output_name ?? session.outputNames[0];
-  const results = await session.run(feed, [outputName]);
-  const logits = toRows(results[outputName]);
-
-  // Predicted label per row, as `latexport run` prints; null for regression.
-  const labelNames = readLabelNames(modelDir, metadata);
-  const labels =
-    labelNames.length === logits[0].length && labelNames.length > 1
-      ? logits.map((row) => labelNames[row.indexOf(Math.max(...row))])
-      : null;
-
-  process.stdout.write(JSON.stringify({ logits, keep_ratio: ratio, labels }) + '\n');
+  const classifier = await Classifier.load(modelDir);
+  const inputs = texts === undefined ? readJsonFile(inputsPath, 'inputs file') : classifier.encode(texts);
+  const result = await classifier.classify(inputs, keepRatio);
+  process.stdout.write(JSON.stringify(result) + '\n');
 }
 
 function firstLine(error) {
   return String(error?.message ?? error).trim().split('\n')[0];
 }
 
-main().catch((error) => {
-  // One line, no stack trace: status 2 for bad arguments or inputs, 1 otherwise.
-  const usage = error instanceof UsageError;
-  process.stderr.write(`classify.js: error: ${firstLine(error)}\n`);
-  process.exitCode = usage ? 2 : 1;
-});
+if (require.main === module) {
+  main().catch((error) => {
+    // One line, no stack trace: status 2 for bad arguments or inputs, 1 otherwise.
+    const usage = error instanceof UsageError;
+    process.stderr.write(`classify.js: error: ${firstLine(error)}\n`);
+    process.exitCode = usage ? 2 : 1;
+  });
+}
+
+module.exports = { Classifier, UsageError, withoutInitializer };

@@ -194,10 +194,13 @@ def main() -> None:
     parser.add_argument("--fixed-ratio", type=float, default=0.5, help="--compare: the fixed ratio (default 0.5).")
     parser.add_argument("--budgets", type=_budgets, help="--compare: the budgets to rotate (needs a calibrated model).")
     parser.add_argument("--json", type=str, help="Also write the report as JSON here.")
+    parser.add_argument("--plot", type=str, help="--compare: also plot req/s and p50/p90/p99 per load (PNG) here.")
     args = parser.parse_args()
     if args.compare:
         reports = compare_mixes(args.url, args.clients, args.requests, args.batch, args.fixed_ratio, args.budgets)
         print(render_comparison(reports))
+        if args.plot:
+            plot_comparison(reports, Path(args.plot))
         result, failed = {name: asdict(report) for name, report in reports.items()}, any(r.errors for r in reports.values())
     else:
         report = run_load(args.url, args.clients, args.requests, default_payloads(args.batch, args.keep_ratio, args.target_ms))
@@ -206,6 +209,31 @@ def main() -> None:
     if args.json:
         write_text_atomic(Path(args.json), json.dumps(result, indent=2))
     raise SystemExit(1 if failed else 0)
+
+
+def plot_comparison(reports: dict[str, LoadReport], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latexport.runtime.atomic import save_figure_atomic
+
+    names = list(reports)
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    throughput.barh(names, [reports[name].requests_per_s for name in names])
+    throughput.set_xlabel("requests/s")
+    throughput.invert_yaxis()
+    positions = np.arange(len(names))
+    for offset, percentile in zip((-0.25, 0.0, 0.25), ("p50", "p90", "p99")):
+        latency.barh(positions + offset, [reports[name].client_latency_ms[percentile] for name in names], height=0.25, label=percentile)
+    latency.set_yticks(positions, [""] * len(names))
+    latency.invert_yaxis()
+    latency.set_xlabel("client latency (ms)")
+    latency.legend()
+    figure.suptitle(f"{next(iter(reports.values())).clients} closed-loop clients, one server")
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
 
 
 def _budgets(text: str) -> tuple[float, ...]:

@@ -8,13 +8,28 @@
                           pipeline_class=LatexportTextClassificationPipeline)
     classifier("a gripping, funny film")                   # the model's recorded default ratio
     classifier("a gripping, funny film", keep_ratio=0.3)   # per call
+    classifier(["a gripping, funny film", "dull"], keep_ratio=[0.3, 1.0])   # per text
+    batch = model.tokenizer(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
+    model(**batch, keep_ratio=torch.tensor([0.3, 1.0])).logits              # per row, directly
 
 The model class is optimum's ``ORTModelForSequenceClassification`` (loading,
 providers, ``.to("cuda")``, IO binding, ``save_pretrained``) whose ``forward``
-also feeds ``keep_ratio``.  A stock ``pipeline(...)`` without
-``pipeline_class`` works too, at ``model.keep_ratio`` (default: the recorded
-ratio); only the pipeline class adds the per-call argument, because the stock
-text-classification pipeline hands unknown arguments to the tokenizer.
+also feeds ``keep_ratio``: a number, or one per row (a list, array or tensor of
+``[batch]``; each row gets the result it gets alone at its ratio).  A stock
+``pipeline(...)`` without ``pipeline_class`` works too, at ``model.keep_ratio``
+(default: the recorded ratio); only the pipeline class adds the per-call
+argument, because the stock text-classification pipeline hands unknown
+arguments to the tokenizer.
+
+Stock optimum needs none of this to run a converted classifier:
+``optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(OUT_DIR)``
+loads it and feeds only the token inputs, and the graph runs at the ratio the
+file records (``latexport tune``'s, else 1.0).  That is because ``keep_ratio``
+is also an initializer holding that default, so ONNX Runtime lists it under
+``session.get_overridable_initializers()``, not ``session.get_inputs()``,
+where optimum (and most generic ONNX consumers) look; a caller lists it there.
+For the same reason optimum's own input bookkeeping leaves ``keep_ratio`` out,
+and this class adds it back.
 
 Needs ``latexport[optimum]`` (optimum-onnx, which needs transformers<4.58); production services that
 want neither use ``latexport.runtime.session``.
@@ -31,8 +46,12 @@ from optimum.onnxruntime import ORTModelForSequenceClassification
 from transformers import AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from latexport.integrations.pipeline import LatexportTextClassificationPipeline
+from latexport.integrations.pipeline import (
+    LatexportTextClassificationPipeline,
+    as_keep_ratio,
+)
 from latexport.runtime.errors import InvalidInputError, ModelDirectoryError
+from latexport.runtime.metadata import KEEP_RATIO_INPUT
 from latexport.runtime.session import (
     KeepRatio,
     check_keep_ratio,
@@ -51,6 +70,13 @@ class LatexportModelForSequenceClassification(ORTModelForSequenceClassification)
             raise ModelDirectoryError(
                 f"{self.path} is a {self.latexport_metadata.task} model; this class serves text-classification"
             )
+        # optimum feeds and binds only what session.get_inputs() lists; keep_ratio, which has a
+        # default in the file, is an overridable initializer instead, so add it to optimum's tables.
+        for initializer in self.session.get_overridable_initializers():
+            if initializer.name == KEEP_RATIO_INPUT and initializer.name not in self.input_names:
+                self.input_names[initializer.name] = len(self.input_names)
+                self.input_shapes[initializer.name] = initializer.shape
+                self.input_dtypes[initializer.name] = initializer.type
         #: The ratio used when a call gives none; None means the file's recorded default.
         self.keep_ratio: Optional[float] = None
         self._tokenizer = None
@@ -76,7 +102,8 @@ class LatexportModelForSequenceClassification(ORTModelForSequenceClassification)
         return_dict: bool = True,
         **kwargs,
     ):
-        """Logits at ``keep_ratio`` (else ``self.keep_ratio``, else the recorded default).
+        """Logits at ``keep_ratio`` (else ``self.keep_ratio``, else the recorded default): a
+        number, or one per row (a list, array or tensor of ``[batch]``).
 
         Inputs are checked like the runtime checks them (dtypes, shapes, ids in
         the vocabulary, no all-padding row) before ONNX Runtime sees them.
@@ -93,7 +120,8 @@ class LatexportModelForSequenceClassification(ORTModelForSequenceClassification)
         given = {name: value for name, value in given.items() if name in names}
         check_token_inputs(self.latexport_metadata, {name: _to_numpy(value) for name, value in given.items()})
 
-        ratio = check_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio, self.default_keep_ratio)
+        ratio = check_keep_ratio(as_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio),
+                                 self.default_keep_ratio, batch=len(input_ids))
         model_inputs = {
             name: (value.to(torch.int64) if use_torch else np.asarray(value, dtype=np.int64)) for name, value in given.items()
         }

@@ -5,11 +5,15 @@
     classifier = pipeline("out/sst2")
     classifier("a gripping, funny film")                   # the file's recorded default ratio
     classifier("a gripping, funny film", keep_ratio=0.3)   # per call
+    classifier(["a gripping, funny film", "two hours I will never get back"], keep_ratio=[0.3, 1.0])  # per text
 
 ``LatexportForSequenceClassification`` is a transformers ``PreTrainedModel``
 whose ``forward`` runs ``model.onnx`` in ONNX Runtime (``LatencyAdjustableSession``),
 so the pipeline machinery (tokenising, batching, labels, ``top_k``) works as
-for any model, on transformers 4.57 and 5.  optimum-onnx, whose newest release
+for any model, on transformers 4.57 and 5.  With a list of texts, ``keep_ratio``
+may hold one ratio per text: each text then carries its ratio through the
+pipeline's own batching (``batch_size``), and gets the result it gets alone at
+that ratio.  optimum-onnx, whose newest release
 does not import with transformers 5, is not needed; with optimum installed,
 ``latexport.integrations.ortmodel`` offers the ORTModel class as well.
 
@@ -19,8 +23,9 @@ that want neither use ``latexport.runtime.session``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -67,7 +72,8 @@ class LatexportForSequenceClassification(PreTrainedModel):
         **unused,
     ):
         """Logits at ``keep_ratio`` (else ``self.keep_ratio``, else the recorded default),
-        with the runtime's input checks."""
+        with the runtime's input checks.  ``keep_ratio``: a number, or one per row (a list,
+        array or tensor of ``[batch]``)."""
         if input_ids is None or attention_mask is None:
             raise InvalidInputError("input_ids and attention_mask are both required")
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
@@ -76,14 +82,34 @@ class LatexportForSequenceClassification(PreTrainedModel):
             feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
         else:
             feed.pop("token_type_ids", None)
-        ratio = check_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio, self.session.default_keep_ratio)
+        ratio = check_keep_ratio(as_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio),
+                                 self.session.default_keep_ratio, batch=len(feed["input_ids"]))
         logits = torch.from_numpy(np.ascontiguousarray(self.session.run(feed, ratio)))
         return SequenceClassifierOutput(logits=logits) if return_dict else (logits,)
 
 
+@dataclass(frozen=True)
+class TextAtRatio:
+    """One pipeline input (a text, or a ``{"text", "text_pair"}`` dict) with its own keep_ratio."""
+
+    text: Any
+    keep_ratio: float
+
+
 class LatexportTextClassificationPipeline(TextClassificationPipeline):
-    """transformers' text-classification pipeline with a per-call ``keep_ratio`` argument
-    (the stock one hands unknown arguments to the tokenizer)."""
+    """transformers' text-classification pipeline with a ``keep_ratio`` argument (the stock one
+    hands unknown arguments to the tokenizer): one number per call, or one per text."""
+
+    def __call__(self, inputs, keep_ratio: KeepRatio = None, **kwargs):
+        """Classify ``inputs`` at ``keep_ratio``: a number for all of them, or, with a list of
+        texts, a sequence of one ratio per text (the rest as ``TextClassificationPipeline``)."""
+        per_text = as_keep_ratio(keep_ratio)
+        if np.ndim(per_text) == 0:
+            return super().__call__(inputs, keep_ratio=keep_ratio, **kwargs)
+        if not isinstance(inputs, list) or len(inputs) != len(per_text):
+            raise InvalidInputError(f"keep_ratio holds {len(per_text)} values: give a list of as many texts, one ratio per text")
+        ratios = np.atleast_1d(check_keep_ratio(per_text, batch=len(inputs)))  # fail at the call, not in a batch
+        return super().__call__([TextAtRatio(text, float(ratio)) for text, ratio in zip(inputs, ratios)], **kwargs)
 
     def check_model_type(self, supported_models):
         """Any latexport classifier will do, whatever architecture it was exported from."""
@@ -91,12 +117,21 @@ class LatexportTextClassificationPipeline(TextClassificationPipeline):
     def _sanitize_parameters(self, keep_ratio: KeepRatio = None, **kwargs):
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
         if keep_ratio is not None:
-            check_keep_ratio(keep_ratio)  # fail at the call, not inside a batch loop
+            check_keep_ratio(as_keep_ratio(keep_ratio))  # fail at the call, not inside a batch loop
             forward_params = {**forward_params, "keep_ratio": keep_ratio}
         return preprocess_params, forward_params, postprocess_params
 
+    def preprocess(self, inputs, **tokenizer_kwargs):
+        if not isinstance(inputs, TextAtRatio):
+            return super().preprocess(inputs, **tokenizer_kwargs)
+        model_inputs = super().preprocess(inputs.text, **tokenizer_kwargs)
+        # [1] per text: the pipeline's batching concatenates these 1-D tensors into [batch], one per row.
+        model_inputs["keep_ratio"] = torch.tensor([inputs.keep_ratio], dtype=torch.float32)
+        return model_inputs
+
     def _forward(self, model_inputs, keep_ratio: KeepRatio = None):
-        return self.model(**model_inputs, keep_ratio=keep_ratio)
+        per_text = model_inputs.pop("keep_ratio", None)
+        return self.model(**model_inputs, keep_ratio=keep_ratio if per_text is None else per_text)
 
 
 def pipeline(model_dir: Union[str, Path], provider: str = "cpu", **pipeline_kwargs) -> LatexportTextClassificationPipeline:
@@ -111,6 +146,11 @@ def pipeline(model_dir: Union[str, Path], provider: str = "cpu", **pipeline_kwar
         pipeline_class=LatexportTextClassificationPipeline,
         **pipeline_kwargs,
     )
+
+
+def as_keep_ratio(value: Union[KeepRatio, torch.Tensor]) -> KeepRatio:
+    """A keep_ratio as ``check_keep_ratio`` takes it: a tensor becomes a numpy array."""
+    return value.numpy(force=True) if isinstance(value, torch.Tensor) else value
 
 
 def _to_int64(value) -> np.ndarray:
