@@ -11,9 +11,10 @@ never offered more than N requests at once.  Prints p50/p90/p99 latency as the
 clients saw it, throughput, errors, and for budgeted requests how the
 service-side latency compared with each budget.  ``--compare`` runs the same
 load three ways against one server, one after the other: every request at one
-ratio, a rotating mix of five ratios, and a rotating mix of budgets, and prints
-them side by side (req/s, p50/p90/p99), with the mixes' throughput as a share of
-the fixed ratio's.
+ratio, a rotating mix of five ratios, and a rotating mix of budgets, taking
+turns for ``--rounds`` rounds, and prints them side by side (req/s and
+p50/p90/p99 over all rounds), with the mixes' throughput as a share of the fixed
+ratio's.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class LoadReport:
     budget_requests: int = 0
     budget_met: int = 0
     budget_overshoot_ms: dict = field(default_factory=dict)
+    #: ``pooled`` reports: how many runs they pool.
+    rounds: int = 1
+    #: Every answered request's latency, kept only when asked (``run_load(keep_samples=True)``), for pooling.
+    client_samples_ms: list[float] = field(default_factory=list, repr=False)
+    server_samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def render(self) -> str:
         c, s = self.client_latency_ms, self.server_latency_ms
@@ -95,14 +101,37 @@ def default_payloads(batch: int = 1, keep_ratio: Optional[float] = None,
 
 
 def compare_mixes(url: str, clients: int, requests: int, batch: int, fixed_ratio: float,
-                  budgets: Optional[Sequence[float]]) -> dict[str, LoadReport]:
-    """The same load at one ratio, at the rotating mix of ratios, and (with ``budgets``) at a mix of budgets."""
+                  budgets: Optional[Sequence[float]], rounds: int = 3) -> dict[str, LoadReport]:
+    """The same load at one ratio, at the rotating mix of ratios, and (with ``budgets``) at a mix of budgets.
+
+    The loads take turns for ``rounds`` rounds, so that a slow spell of the machine
+    falls on all of them; each load's report pools its rounds (``pooled``).
+    """
     loads = {f"fixed {fixed_ratio:g}": default_payloads(batch, keep_ratio=fixed_ratio),
              f"mix of ratios {'/'.join(f'{r:g}' for r in MIXED_RATIOS)}": default_payloads(batch)}
     if budgets:
         loads[f"mix of budgets {'/'.join(f'{b:g}' for b in budgets)} ms"] = default_payloads(batch, target_ms=budgets)
     run_load(url, clients, max(clients * 10, requests // 10), loads[f"fixed {fixed_ratio:g}"])  # warm-up, not reported
-    return {name: run_load(url, clients, requests, payload) for name, payload in loads.items()}
+    runs: dict[str, list[LoadReport]] = {name: [] for name in loads}
+    for _ in range(rounds):
+        for name, payload in loads.items():
+            runs[name].append(run_load(url, clients, requests, payload, keep_samples=True))
+    return {name: pooled(reports) for name, reports in runs.items()}
+
+
+def pooled(reports: list[LoadReport]) -> LoadReport:
+    """Several runs of one load as one: requests over summed wall time, percentiles over every request."""
+    client_ms = [value for report in reports for value in report.client_samples_ms]
+    server_ms = [value for report in reports for value in report.server_samples_ms]
+    wall = sum(report.wall_s for report in reports)
+    return LoadReport(
+        clients=reports[0].clients, requests=sum(r.requests for r in reports), errors=sum(r.errors for r in reports),
+        error_samples=[sample for r in reports for sample in r.error_samples][:5], wall_s=wall,
+        requests_per_s=len(client_ms) / wall if wall > 0 else 0.0,
+        client_latency_ms=_summary(client_ms), server_latency_ms=_summary(server_ms),
+        budget_requests=sum(r.budget_requests for r in reports), budget_met=sum(r.budget_met for r in reports),
+        rounds=len(reports),
+    )
 
 
 def render_comparison(reports: dict[str, LoadReport]) -> str:
@@ -116,7 +145,7 @@ def render_comparison(reports: dict[str, LoadReport]) -> str:
 
 
 def run_load(url: str, clients: int = 8, requests: int = 2000, payload: Optional[Callable[[int], dict]] = None,
-             timeout_s: float = 30.0) -> LoadReport:
+             timeout_s: float = 30.0, keep_samples: bool = False) -> LoadReport:
     """Send ``requests`` POST /classify calls from ``clients`` threads; never raises for a failed request."""
     payload = payload or default_payloads()
     counter = itertools.count()
@@ -170,6 +199,8 @@ def run_load(url: str, clients: int = 8, requests: int = 2000, payload: Optional
         budget_requests=len(overshoot_ms),
         budget_met=int((overshoot <= 0).sum()),
         budget_overshoot_ms=_summary(overshoot_ms) if overshoot_ms else {},
+        client_samples_ms=client_ms if keep_samples else [],
+        server_samples_ms=server_ms if keep_samples else [],
     )
 
 
@@ -193,15 +224,18 @@ def main() -> None:
                        help="Fixed ratio (--fixed-ratio), the rotating mix of ratios, and the mix of --budgets, side by side.")
     parser.add_argument("--fixed-ratio", type=float, default=0.5, help="--compare: the fixed ratio (default 0.5).")
     parser.add_argument("--budgets", type=_budgets, help="--compare: the budgets to rotate (needs a calibrated model).")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare: rounds in which the loads take turns.")
     parser.add_argument("--json", type=str, help="Also write the report as JSON here.")
     parser.add_argument("--plot", type=str, help="--compare: also plot req/s and p50/p90/p99 per load (PNG) here.")
     args = parser.parse_args()
     if args.compare:
-        reports = compare_mixes(args.url, args.clients, args.requests, args.batch, args.fixed_ratio, args.budgets)
+        reports = compare_mixes(args.url, args.clients, args.requests, args.batch, args.fixed_ratio, args.budgets, args.rounds)
         print(render_comparison(reports))
         if args.plot:
             plot_comparison(reports, Path(args.plot))
-        result, failed = {name: asdict(report) for name, report in reports.items()}, any(r.errors for r in reports.values())
+        result = {name: {key: value for key, value in asdict(report).items() if not key.endswith("_samples_ms")}
+                  for name, report in reports.items()}
+        failed = any(report.errors for report in reports.values())
     else:
         report = run_load(args.url, args.clients, args.requests, default_payloads(args.batch, args.keep_ratio, args.target_ms))
         print(report.render())
