@@ -65,9 +65,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--texts", type=int, default=3000, help="Review snippets per job (up to 8,452, the training split).")
     parser.add_argument("--json", type=Path, help="Also write every job's timing here.")
+    parser.add_argument("--model-dir", type=Path,
+                        help="A converted directory to time instead (say, a fine-tuned and tuned classifier); "
+                             "'default' in --ratios is then its recorded ratio.")
     args = parser.parse_args()
 
-    model_dir, texts = converted_minilm(args.task), review_file(args.texts)
+    model_dir, texts = args.model_dir or converted_minilm(args.task), review_file(args.texts)
+    if "default" in args.ratios:
+        from latexport.runtime.inspection import load_metadata
+
+        args.ratios = args.ratios.replace("default", repr(load_metadata(model_dir).default_keep_ratio))
     count = len(texts.read_text(encoding="utf-8").splitlines())
     ratios = [float(value) for value in args.ratios.split(",")]
     settings = dict(batch_size=args.batch_size, workers=args.workers, threads=args.threads, overwrite=True)
@@ -92,7 +99,7 @@ def main() -> None:
         ray.shutdown()
 
     fixed = float(np.median(seconds[ONE_TEXT]))
-    print(f"\n{count} Rotten Tomatoes snippets, MiniLM-L6 {args.task}, {args.workers} workers x {args.threads} threads, "
+    print(f"\n{count} Rotten Tomatoes snippets, {model_dir.name} {args.task}, {args.workers} workers x {args.threads} threads, "
           f"batch {args.batch_size}, local Ray; medians of {args.repeats} rounds; a one-text job took {fixed:.1f} s")
     print(f"{'keep_ratio':>10} {'seconds':>8} {'texts/s':>8} {'excl. fixed cost':>17}")
     for ratio in ratios:
