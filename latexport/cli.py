@@ -31,16 +31,6 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
-def _lengths(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as error:
-        raise click.BadParameter(f"expected comma-separated whole numbers, got {text!r}") from error
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"every length must be at least 1, got {text!r}")
-    return values
-
-
 def _powers(text: str) -> Optional[tuple[float, ...]]:
     """``--powers``: comma-separated profile powers, ``file`` for the file's own (``()``),
     or ``task`` for the task's own set (None)."""
@@ -225,7 +215,7 @@ def generate(model_dir, prompts, keep_ratio, max_new_tokens, sample, temperature
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--keep-ratio", default="0.5", show_default=True, callback=lambda c, p, v: _ratios(v),
               help="A ratio, or one per row of a batch (comma-separated).")
-@click.option("--seq-len", default="128", show_default=True, callback=lambda c, p, v: _lengths(v),
+@click.option("--seq-len", default="128", show_default=True, callback=lambda c, p, v: _integers(v, "--seq-len"),
               help="A length, or one per row (comma-separated; one length is every row's).")
 def inspect(model_dir, keep_ratio, seq_len):
     """Print MODEL_DIR's metadata, per-layer kept counts and estimated speedup (of a batch, for several rows)."""
