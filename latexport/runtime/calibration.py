@@ -17,6 +17,10 @@ is corrected per shape: each calibrated (batch, length) keeps the median ratio
 of measured to fitted time over its keep ratios, and a prediction multiplies
 by that factor, interpolated in log-space between calibrated shapes.  The fit is stored as ``calibration.json`` beside ``model.onnx``.
 
+A batch whose rows ask for different ratios costs what its widest row needs in
+every layer, and rows are padded to one length, so it is predicted at its
+highest ratio (``predict_rows_ms``; ``examples/serve`` budgets mixed calls so).
+
 ``LatencyAdjustableSession.predict(texts, target_ms=...)`` then bisects for the
 largest keep_ratio whose predicted latency, plus a safety margin, fits what is
 left of the budget after tokenisation.  The margin is measured too: the 90th
