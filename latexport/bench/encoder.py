@@ -125,6 +125,8 @@ def bench(
     recipes: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}
     # name -> (variant, keep_ratio, metadata of the latexport file, None for plain exports)
     kinds: dict[str, tuple[str, Optional[float], Optional[ModelMetadata]]] = {}
+    # name -> the ratio of each row, for the ``row_ratios`` calls
+    per_row_ratios: dict[str, list[float]] = {}
     baseline_names, skipped = [], {}
     if baselines:
         from latexport.export.baseline import baseline_path, unavailable_reason
@@ -160,9 +162,8 @@ def bench(
             calls[name] = lambda s=session, f=rows_feed, o=model_metadata.output_name: s.run([o], f)
             recipes[name] = (path, rows_feed)
             kinds[name] = (label, float(per_row.max()), model_metadata)
+            per_row_ratios[name] = per_row.tolist()
 
-    name_rows = {name: [float(r) for r in call_feed["keep_ratio"]] for name, (_, call_feed) in recipes.items()
-                 if np.ndim(call_feed.get("keep_ratio", 0.0)) == 1}
     # The estimate of a per-row call reads each row's own length (all equal unless --mixed-lengths).
     row_lengths = feed["attention_mask"].sum(axis=1).tolist()
     times = interleaved(calls, repeats, warmup)
@@ -198,7 +199,7 @@ def bench(
     for name, values in times.items():
         variant, ratio, model_metadata = kinds[name]
         median = medians[name]
-        rows_ratios = name_rows.get(name)
+        rows_ratios = per_row_ratios.get(name)
         result.rows.append(
             Measurement(
                 name=name,
