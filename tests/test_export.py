@@ -50,7 +50,7 @@ def test_graph_contract(converted, key):
     family, task = key
     proto = onnx.load(str(converted[key] / "model.onnx"))
     inputs = {i.name: i.type.tensor_type for i in proto.graph.input}
-    expected = ["input_ids", "attention_mask"] + (["token_type_ids"] if family in ("bert", "electra") else []) + ["keep_ratio"]
+    expected = ["input_ids", "attention_mask"] + (["token_type_ids"] if family in ("bert", "electra", "albert") else []) + ["keep_ratio"]
     # RoBERTa-style models have a single token type, so they take no token_type_ids
     assert list(inputs) == expected
     assert inputs["keep_ratio"].elem_type == onnx.TensorProto.FLOAT and len(inputs["keep_ratio"].shape.dim) == 0
@@ -174,11 +174,11 @@ def test_existing_output_is_refused_unless_overwrite(checkpoints, tmp_path):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
-    from transformers import AlbertConfig, AlbertModel
+    from transformers import FunnelConfig, FunnelModel
 
-    AlbertModel(AlbertConfig(vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=16, embedding_size=8)).save_pretrained(tmp_path / "albert")
-    with pytest.raises(UnsupportedModelError, match="Supported model types: .*bert.*distilbert"):
-        convert(str(tmp_path / "albert"), tmp_path / "out")
+    FunnelModel(FunnelConfig(vocab_size=50, block_sizes=[1], d_model=16, n_head=2, d_head=8, d_inner=16)).save_pretrained(tmp_path / "funnel")
+    with pytest.raises(UnsupportedModelError, match="Supported model types: .*albert.*bert.*distilbert.*mpnet"):
+        convert(str(tmp_path / "funnel"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

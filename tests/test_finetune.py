@@ -178,16 +178,24 @@ def test_lat_recipe_samples_the_smallest_ratio_and_log_uniform_others():
     assert abs(np.mean(logs) - np.log(0.05) / 2) < 0.25  # log-uniform: mean of log is halfway
 
 
-@pytest.mark.parametrize("family", ["t5", "gpt2"])
+@pytest.mark.parametrize("family", ["t5", "gpt2", "mpnet", "albert", "deberta-v2"])
 def test_other_families_fine_tune_and_convert(tmp_path, data, family):
     """The family loop trains T5ForSequenceClassification (encoder pruned, decoder read at the
-    last </s>) and GPT2ForSequenceClassification (causal ACC, last-token head)."""
-    from tiny import make_decoder_checkpoint, make_t5_checkpoint
+    last </s>), GPT2ForSequenceClassification (causal ACC, last-token head), and the classifiers
+    of base-model checkpoints as all-mpnet-base-v2 (relative position bias), albert-base-v2
+    (one shared layer) and deberta-v3-base (disentangled attention) are published."""
+    from tiny import make_checkpoint, make_decoder_checkpoint, make_t5_checkpoint
 
     if family == "t5":
         checkpoint, architecture = make_t5_checkpoint(tmp_path / family, flan=True, task="feature-extraction"), "T5ForSequenceClassification"
-    else:
+    elif family == "gpt2":
         checkpoint, architecture = make_decoder_checkpoint(tmp_path / family, "gpt2"), "GPT2ForSequenceClassification"
+    else:
+        architecture = {
+            "mpnet": "MPNetForSequenceClassification", "albert": "AlbertForSequenceClassification",
+            "deberta-v2": "DebertaV2ForSequenceClassification",
+        }[family]
+        checkpoint = make_checkpoint(tmp_path / family, family, task="feature-extraction")
     out = tmp_path / "lat"
     result = finetune(str(checkpoint), out, data["train"], data["validation"],
                       settings=FinetuneSettings(**{**SMALL, "epochs": 2}), progress=False)

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from tiny import FAMILIES
 from tokenizers import Tokenizer
 
 from latexport.export.checkpoint import load_checkpoint
@@ -53,8 +54,7 @@ def _cases(request) -> dict[str, tuple[Path, Path]]:
 
 
 CASE_NAMES = (
-    [f"{f}-{t}" for f in ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
-     for t in ("text-classification", "feature-extraction")]
+    [f"{f}-{t}" for f in FAMILIES for t in ("text-classification", "feature-extraction")]
     + ["bert-regression", "bert-cls-pooling"]
     + [f"{s}-{t}" for s in ("t5", "flan-t5") for t in ("text2text-generation", "text-classification", "feature-extraction")]
     + [f"{f}-{t}" for f in ("gpt2", "llama") for t in ("text-generation", "text-classification")]

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from latexport.cli import main
 from latexport.export.checkpoint import load_checkpoint
 from latexport.export.conversion import build_model, convert
-from latexport.export.model import pool
+from latexport.export.pooling import pool
 from latexport.export.selection import relative_position_bias
 from latexport.export.validate import pytorch_output, right_padded, validation_inputs
 from latexport.runtime.errors import (

@@ -7,6 +7,7 @@ tokenizer written to a local directory, exactly as `from_pretrained` expects.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tokenizers import (
@@ -18,6 +19,7 @@ from tokenizers import (
     processors,
 )
 from transformers import (
+    AlbertConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     BertConfig,
@@ -25,6 +27,7 @@ from transformers import (
     ElectraConfig,
     GPT2Config,
     LlamaConfig,
+    MPNetConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
     T5Config,
@@ -205,7 +208,7 @@ def _size_kwargs(layers: int, hidden: int, heads: int) -> dict:
     return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=hidden * 2)
 
 
-def tiny_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int = 32, heads: int = 4):
+def tiny_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int = 32, heads: int = 4, pooling: str = "cls"):
     vocab_size = 5 + len(WORDS) + 2 * len(LETTERS)
     common = dict(vocab_size=vocab_size, num_labels=num_labels, max_position_embeddings=128)
     if family == "bert":
@@ -226,18 +229,53 @@ def tiny_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int =
         return DistilBertConfig(
             **common, n_layers=layers, dim=hidden, n_heads=heads, hidden_dim=hidden * 2, pad_token_id=0
         )
+    if family == "mpnet":
+        # transformers buckets MPNet's bias into 32 whatever the config says (a smaller table is read past its
+        # end): exact up to 7 apart, then shared log-spaced buckets to 128, which 40 to 128 tokens reach.
+        return MPNetConfig(
+            **{**common, "max_position_embeddings": 130}, **_size_kwargs(layers, hidden, heads),
+            relative_attention_num_buckets=32, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        )
+    if family == "albert":
+        # As albert-base-v2: one layer shared by every application, embeddings narrower than the hidden size.
+        return AlbertConfig(
+            **common, **_size_kwargs(layers, hidden, heads), embedding_size=hidden // 2, num_hidden_groups=1,
+            inner_group_num=1, type_vocab_size=2, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        )
+    if family == "modernbert":
+        from transformers import ModernBertConfig
+
+        # A window of 8 (4 each side) and a global layer every 2: both kinds bite at the validation's 40 tokens.
+        return ModernBertConfig(
+            **common, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=hidden * 3 // 2, local_attention=8, global_attn_every_n_layers=2,
+            pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3, classifier_pooling=pooling,
+        )
+    if family == "deberta-v2":
+        from transformers import DebertaV2Config
+
+        # DeBERTa-v3's shape (shared position keys, c2p and p2c, LayerNorm'd relative embeddings, no absolute
+        # positions or token types); 8 buckets over 32 distances, so the log buckets bite at 40 to 128 tokens.
+        return DebertaV2Config(
+            **common, **_size_kwargs(layers, hidden, heads), relative_attention=True, pos_att_type=["p2c", "c2p"],
+            share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+            position_buckets=8, max_relative_positions=32, pad_token_id=0,
+        )
     raise ValueError(family)
 
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "modernbert", "mpnet", "albert", "deberta-v2")
 
 
 def make_checkpoint(
     directory: Path, family: str = "bert", task: str = "text-classification", num_labels: int = 3, seed: int = 0,
-    sharpen: bool = True, **sizes
+    sharpen: bool = True, config_overrides: Optional[dict] = None, **sizes
 ) -> Path:
-    """Write a tiny random checkpoint (config, weights, tokenizer) to ``directory``."""
+    """Write a tiny random checkpoint (config, weights, tokenizer) to ``directory``;
+    ``config_overrides`` set config attributes before the model is built (a variant's options)."""
     config = tiny_config(family, num_labels=num_labels, **sizes)
+    for attribute, value in (config_overrides or {}).items():
+        setattr(config, attribute, value)
     if task == "text-classification" and num_labels > 1:
         name_labels(config, num_labels)
     torch.manual_seed(seed)
@@ -246,7 +284,7 @@ def make_checkpoint(
     if sharpen:
         _sharpen(model)
     model.save_pretrained(directory)
-    specials = ROBERTA_SPECIALS if family in ("roberta", "xlm-roberta") else BERT_SPECIALS
+    specials = ROBERTA_SPECIALS if family in ("roberta", "xlm-roberta", "mpnet") else BERT_SPECIALS
     tiny_tokenizer(specials, max_length=128).save_pretrained(directory)
     return Path(directory)
 
@@ -263,11 +301,19 @@ def _sharpen(model: torch.nn.Module) -> None:
         for name, parameter in model.named_parameters():
             if name.endswith(("query.weight", "key.weight", "q_lin.weight", "k_lin.weight")):
                 parameter.mul_(8.0)
+            if name.endswith("attn.Wqkv.weight"):  # ModernBERT: query, key and value rows in one matrix
+                parameter[: 2 * parameter.shape[1]].mul_(8.0)
+            if name.endswith(("attn.q.weight", "attn.k.weight")):  # MPNet
+                parameter.mul_(8.0)
+            if name.endswith(("query_proj.weight", "key_proj.weight")):  # DeBERTa, including its position projections
+                parameter.mul_(8.0)
+            if name.endswith("encoder.relative_attention_bias.weight"):  # MPNet's bias, initialised near 0.02
+                parameter.mul_(50.0)
             if name.endswith(("SelfAttention.q.weight", "SelfAttention.k.weight")):
                 parameter.mul_(1.5)  # T5's init already gives unit-scale scores (it does not divide by sqrt(d_kv))
             if name == "classification_head.out_proj.weight":
                 parameter.mul_(4.0)
             if name.startswith(("classifier.", "pre_classifier.")) and name.endswith("weight"):
                 parameter.mul_(20.0)
-            if name.endswith("pooler.dense.weight"):
+            if name.endswith(("pooler.dense.weight", "albert.pooler.weight")) or name == "pooler.weight":
                 parameter.mul_(4.0)

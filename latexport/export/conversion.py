@@ -124,6 +124,8 @@ def describe(
             attention_size=shape.attention_size,
             feed_forward_matrices=shape.feed_forward_matrices,
             decoder_layers=shape.decoder_layers if loaded.task == TASK_CLASSIFICATION else 0,
+            relative_positions=shape.relative_positions,
+            position_terms=shape.position_terms,
         ),
         labels=loaded.labels,
         input_names=input_names,

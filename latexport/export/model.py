@@ -20,6 +20,7 @@ from latexport.export.families import (
     TASK_TEXT2TEXT,
     EncoderFamily,
 )
+from latexport.export.pooling import POOLINGS, pool
 from latexport.export.selection import (
     copy_sources,
     keep_counts,
@@ -35,8 +36,6 @@ from latexport.export.selection import (
 )
 from latexport.runtime.profile import EliminationProfile
 from latexport.runtime.scoring import ScoringRule
-
-POOLINGS = ("mean", "cls")
 
 
 @dataclass
@@ -171,15 +170,6 @@ def selection_for_this_run() -> tuple[Callable, Callable]:
     if torch.compiler.is_exporting():
         return select_tokens_unbacked, select_tokens_and_bias_unbacked
     return select_tokens, select_tokens_and_bias
-
-
-def pool(hidden: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Sentence embedding from the final word-vectors: mean over the valid ones, or [CLS]
-    (column 0: rows are packed real tokens first, and [CLS] is always kept)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    weights = valid.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class ExportWrapper(nn.Module):

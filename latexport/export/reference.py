@@ -187,6 +187,67 @@ class DistilBertArchitecture(Architecture):
         return model.classifier(model.dropout(pooled))
 
 
+class DebertaV2Architecture(Architecture):
+    """Disentangled attention: every layer gets the bucketed distances between the kept
+    original positions (query minus key), and the encoder's relative embeddings."""
+
+    def run_layer(self, model, layer, hidden, positions):
+        encoder = self.base(model).encoder
+        width = len(positions)
+        relative_pos, rel_embeddings = None, None
+        if encoder.relative_attention:
+            from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+
+            distances = torch.from_numpy(positions[:, None] - positions[None, :])
+            if encoder.position_buckets > 0 and encoder.max_relative_positions > 0:
+                distances = make_log_bucket_position(distances, encoder.position_buckets, encoder.max_relative_positions)
+            relative_pos, rel_embeddings = distances.to(torch.long)[None], encoder.get_rel_embedding()
+        mask = torch.ones(1, 1, width, width, dtype=torch.bool)  # one unpadded row: every pair attends
+        return _states(
+            layer(hidden, mask, relative_pos=relative_pos, rel_embeddings=rel_embeddings, output_attentions=True)
+        )
+
+    def classify(self, model, hidden, ids):
+        return model.classifier(model.dropout(model.pooler(hidden)))
+
+
+class MPNetArchitecture(RobertaArchitecture):
+    """A relative position bias in every layer, from the encoder's own table."""
+
+    def attention(self, layer):
+        return layer.attention.attn
+
+    def prepare(self, model, hidden):
+        self._bias = self.base(model).encoder.compute_position_bias(hidden)  # [1, H, n, n]
+
+    def run_layer(self, model, layer, hidden, positions):
+        bias = _between_kept(self._bias, positions)
+        return _states(layer(hidden, attention_mask=None, position_bias=bias, output_attentions=True))
+
+
+class AlbertArchitecture(Architecture):
+    """One shared layer, run once per application; embeddings projected up to the hidden size."""
+
+    def embed(self, model, ids, types):
+        base = self.base(model)
+        return base.encoder.embedding_hidden_mapping_in(base.embeddings(input_ids=ids, token_type_ids=types))
+
+    def layers(self, model):
+        config, groups = model.config, self.base(model).encoder.albert_layer_groups
+        applied = []
+        for application in range(config.num_hidden_layers):  # as AlbertTransformer.forward picks the group
+            group = groups[int(application / (config.num_hidden_layers / config.num_hidden_groups))]
+            applied.extend(group.albert_layers)
+        return applied
+
+    def attention(self, layer):
+        return layer.attention
+
+    def classify(self, model, hidden, ids):
+        base = self.base(model)
+        return model.classifier(model.dropout(base.pooler_activation(base.pooler(hidden[:, 0]))))
+
+
 class T5Architecture(Architecture):
     pinned = None
 
@@ -208,8 +269,7 @@ class T5Architecture(Architecture):
         self._bias = self.layers(model)[0].layer[0].SelfAttention.compute_bias(width, width)  # [1, H, n, n]
 
     def run_layer(self, model, layer, hidden, positions):
-        index = torch.from_numpy(positions)
-        bias = self._bias[:, :, index][:, :, :, index]  # every kept pair keeps its original distance
+        bias = _between_kept(self._bias, positions)
         return _states(layer(hidden, attention_mask=None, position_bias=bias, output_attentions=True))
 
     def final(self, model, hidden):
@@ -217,6 +277,12 @@ class T5Architecture(Architecture):
 
     def classify(self, model, hidden, ids):
         return model(input_ids=ids, encoder_outputs=(hidden,)).logits
+
+
+def _between_kept(bias: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """The full-length [1, H, n, n] bias between the kept positions: every kept pair keeps its original distance."""
+    index = torch.from_numpy(positions)
+    return bias[:, :, index][:, :, :, index]
 
 
 def _states(output) -> torch.Tensor:
@@ -280,6 +346,48 @@ class LlamaArchitecture(GPT2Architecture):
         return self.base(model).norm(hidden)
 
 
+class ModernBertArchitecture(Architecture):
+    """Rotary by original positions; a local layer sees the keys within half its window of original positions."""
+
+    def base(self, model):
+        return getattr(model, "model", model)
+
+    def embed(self, model, ids, types):
+        embeddings = self.base(model).embeddings
+        return embeddings.norm(embeddings.tok_embeddings(ids))
+
+    def layers(self, model):
+        return self.base(model).layers
+
+    def attention(self, layer):
+        return layer.attn
+
+    def run_layer(self, model, layer, hidden, positions):
+        config = self.base(model).config
+        position_ids = torch.from_numpy(positions)[None]
+        if hasattr(layer, "attention_type"):  # transformers 5 names the layer's type
+            local = layer.attention_type == "sliding_attention"
+        else:  # 4.x gives a local layer's attention its window
+            local = tuple(layer.attn.local_attention) != (-1, -1)
+        distance = np.abs(positions[:, None] - positions[None, :])
+        allowed = distance <= config.local_attention // 2 if local else np.ones_like(distance, dtype=bool)
+        mask = torch.zeros(allowed.shape, dtype=hidden.dtype).masked_fill(
+            torch.from_numpy(~allowed), torch.finfo(hidden.dtype).min)[None, None]
+        if "sliding_window_mask" in inspect.signature(layer.forward).parameters:  # transformers 4
+            return _states(layer(hidden, attention_mask=mask, sliding_window_mask=mask, position_ids=position_ids,
+                                 output_attentions=True))
+        layer_type = "sliding_attention" if local else "full_attention"
+        rotary = self.base(model).rotary_emb(hidden, position_ids, layer_type)
+        return _states(layer(hidden, attention_mask=mask, position_embeddings=rotary))
+
+    def final(self, model, hidden):
+        return self.base(model).final_norm(hidden)
+
+    def classify(self, model, hidden, ids):
+        pooled = hidden[:, 0] if model.config.classifier_pooling == "cls" else hidden.mean(dim=1)
+        return model.classifier(model.head(pooled))
+
+
 #: ``config.model_type`` -> how the reference runs it.
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": BertArchitecture(),
@@ -288,6 +396,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "camembert": RobertaArchitecture(),
     "electra": ElectraArchitecture(),
     "distilbert": DistilBertArchitecture(),
+    "deberta-v2": DebertaV2Architecture(),
+    "mpnet": MPNetArchitecture(),
+    "albert": AlbertArchitecture(),
+    "modernbert": ModernBertArchitecture(),
     "t5": T5Architecture(),
     "gpt2": GPT2Architecture(),
     "llama": LlamaArchitecture(),

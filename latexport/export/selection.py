@@ -341,7 +341,7 @@ def select_tokens_and_bias(
     distance_table: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``select_tokens`` for a model whose attention adds a relative position bias
-    ``bias`` [B, H, N, N] (T5), built by ``relative_position_bias`` from
+    ``bias`` [B, H, N, N] (T5, MPNet), built by ``relative_position_bias`` from
     ``distance_table``.
 
     A layer that keeps everything passes the bias on as it is (the unpruned

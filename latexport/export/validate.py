@@ -39,7 +39,8 @@ import torch
 
 from latexport.export.checkpoint import LoadedCheckpoint
 from latexport.export.families import TASK_FEATURES, TASK_GENERATION, TASK_TEXT2TEXT
-from latexport.export.model import LatencyAdjustableModel, pool
+from latexport.export.model import LatencyAdjustableModel
+from latexport.export.pooling import pool
 from latexport.export.passes import with_int64_outputs
 from latexport.export.reference import reference_batch
 

@@ -10,12 +10,18 @@ cancels in every ratio):
                                                                    family drops after it)
     feed-forward                             m * n_out * d * f     (linear)
     ACC scoring (only when the layer drops)  heads * n_in^2
+    position terms (DeBERTa's c2p, p2c)      t * n_in * r * a      (per head, as QK^T)
 
 where ``a`` is the attention width (``d`` except in T5-style models) and ``m``
-the feed-forward's weight matrices (2, or 3 when gated).  A model whose head
-runs an unpruned decoder (T5 classification) adds, per decoder layer, its
-self-attention and feed-forward over all ``n`` tokens and a cross-attention
-over the ``k`` encoder word-vectors kept after the last layer.
+the feed-forward's weight matrices (2, or 3 when gated).  Disentangled
+attention scores each of a layer's queries (c2p) and keys (p2c), ``t`` terms,
+against its ``r`` relative-position embeddings (2 x the attention span); the
+projections of those embeddings depend on the weights only, and ONNX Runtime
+folds them into constants when it loads the file, so they cost nothing per
+call.  A model whose head runs an unpruned decoder (T5 classification)
+adds, per decoder layer, its self-attention and feed-forward over all ``n``
+tokens and a cross-attention over the ``k`` encoder word-vectors kept after
+the last layer.
 
 The estimated speedup is cost(full model) / cost(at keep_ratio), for one
 sequence of ``n`` valid tokens.  Embeddings and the task head are ignored:
@@ -39,18 +45,23 @@ class FlopsModel:
     attention_size: int = 0
     feed_forward_matrices: int = 2
     decoder_layers: int = 0
+    #: Disentangled attention (DeBERTa): relative-position embeddings ``r`` and position terms ``t``.
+    relative_positions: int = 0
+    position_terms: int = 0
 
     def layer_cost(self, n_in: int, n_out: int, drops: bool) -> float:
         return float(sum(self.layer_cost_parts(n_in, n_out, drops)))
 
     def layer_cost_parts(self, n_in, n_out, drops):
         """(linear, quadratic) parts of ``layer_cost``: the weight products, and the
-        token-by-token products (plus ACC), which run slower per multiply-accumulate.
+        per-head products (token by token, token by relative position) plus ACC,
+        which run slower per multiply-accumulate.
         Works on numbers and, elementwise, on numpy arrays of counts."""
         d, f, a = self.hidden_size, self.intermediate_size, self.attention_size or self.hidden_size
         projection_tokens = n_out if self.output_projection_after_drop else n_in
         linear = 3 * n_in * d * a + projection_tokens * a * d + self.feed_forward_matrices * n_out * d * f
         quadratic = 2 * n_in * n_in * a + self.num_heads * n_in * n_in * drops
+        quadratic = quadratic + self.position_terms * n_in * self.relative_positions * a
         return linear, quadratic
 
     def decoder_cost_parts(self, n, encoder_kept):

@@ -41,6 +41,10 @@ class LayerShape:
     feed_forward_matrices: int = 2
     #: Layers of an unpruned decoder that reads the encoder (T5 classification).
     decoder_layers: int = 0
+    #: Disentangled attention (DeBERTa): the relative-position embeddings every query or key is scored
+    #: against (2 x the attention span), and how many such position terms a layer adds (c2p, p2c).
+    relative_positions: int = 0
+    position_terms: int = 0
 
 
 class EncoderFamily:
@@ -64,6 +68,10 @@ class EncoderFamily:
     causal: bool = False
 
     # --- configuration ---------------------------------------------------
+    def check_supported(self, config) -> None:
+        """Raise ``UnsupportedModelError`` for a configuration of this family that latexport
+        cannot convert faithfully (``family_for`` calls it)."""
+
     def uses_token_type_ids(self, config) -> bool:
         return getattr(config, "type_vocab_size", 0) > 1
 
@@ -120,7 +128,7 @@ class EncoderFamily:
         return (1.0 - valid.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
 
     def relative_position_table(self, core: nn.Module, width: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
-        """For attention with a relative position bias (T5): [2 * width - 1, heads], the bias of
+        """For attention with a relative position bias (T5, MPNet): [2 * width - 1, heads], the bias of
         every key-minus-query distance.  The layer loop builds each layer's bias from it
         (``selection.relative_position_bias``) and hands that to ``attend`` instead of
         ``attention_mask``.  None: the family has no such bias."""
