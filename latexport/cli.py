@@ -253,8 +253,10 @@ def inspect(model_dir, keep_ratio, seq_len):
               help="Generation models: then time generating this many tokens from a --seq-len prompt (0: skip).")
 @click.option("--row-ratios", default=None, callback=lambda c, p, v: _ratios(v) if v else (),
               help="Also time the batch with its rows at these ratios in turn, one per row (say 1,0.1): its latency follows its widest row.")
+@click.option("--memory-arena/--no-memory-arena", default=True, show_default=True,
+              help="ONNX Runtime's CPU memory arena; off returns each call's memory, for inputs of thousands of tokens.")
 def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoint, repeats, threads, mixed_lengths,
-          graphs_dir, json_path, plot_path, memory, compare, new_tokens, row_ratios):
+          graphs_dir, json_path, plot_path, memory, compare, new_tokens, row_ratios, memory_arena):
     """Measure MODEL_DIR's latency at each keep ratio, interleaved with optional plain baselines;
     prints a table and writes JSON and a plot."""
     from latexport.bench import encoder as benchmark
@@ -265,7 +267,7 @@ def bench(model_dir, seq_len, batch, keep_ratios, provider, baselines, checkpoin
     result = benchmark.bench(
         model_dir, seq_len=seq_len, batch=batch, keep_ratios=keep_ratios, provider=provider, baselines=baselines,
         checkpoint=checkpoint, repeats=repeats, threads=threads, mixed_lengths=mixed_lengths, memory=memory,
-        compare=tuple(compare), row_ratios=row_ratios,
+        compare=tuple(compare), row_ratios=row_ratios, memory_arena=memory_arena,
     )
     click.echo(benchmark.render(result))
     stem = f"bench-{Path(model_dir).name}-b{batch}-s{seq_len}{'-mixed' if mixed_lengths else ''}"

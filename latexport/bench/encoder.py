@@ -93,12 +93,14 @@ def bench(
     memory: bool = True,
     compare: tuple[Path, ...] = (),
     row_ratios: tuple[float, ...] = (),
+    memory_arena: bool = True,
 ) -> BenchResult:
     """Time ``model_dir`` at each ratio; ``baselines`` name plain exporters (see ``latexport.export.baseline``)
     applied to ``checkpoint`` (default: the checkpoint the model was converted from); ``compare``
     names other latexport directories (an int8 or fused variant) timed at the same ratios.
     ``row_ratios`` adds one call per file whose rows run at these ratios in turn (one per row):
     its latency follows its widest row, and its estimate says so (``estimated_batch_speedup``).
+    ``memory_arena=False`` gives every session memory back after each call (``session_options``).
 
     Speedups "vs 1.0" are against the same file at keep_ratio 1.0 (plain exports: against
     ``model_dir`` at 1.0), "vs plain" against the fastest baseline.  With ``memory``, each
@@ -109,7 +111,7 @@ def bench(
     models = []  # (label, path, session, metadata), the main model first
     for directory in (model_dir, *compare):
         path = Path(directory) / MODEL_FILE
-        session = load_session(path, providers, session_options(threads))
+        session = load_session(path, providers, session_options(threads, memory_arena))
         metadata = read_metadata(session, path)
         label = variant_label(metadata)
         if label in {existing[0] for existing in models}:
@@ -140,7 +142,7 @@ def bench(
                 skipped[f"plain ({exporter})"] = reason
                 continue
             plain_path = baseline_path(source, metadata.task, exporter)
-            plain = load_session(plain_path, providers, session_options(threads))
+            plain = load_session(plain_path, providers, session_options(threads, memory_arena))
             plain_inputs = {i.name for i in plain.get_inputs()}
             plain_feed = {name: value for name, value in feed.items() if name in plain_inputs}
             name = f"plain ({exporter})"

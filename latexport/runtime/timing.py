@@ -38,8 +38,12 @@ def make_feed(metadata: ModelMetadata, batch: int, seq_len: int, mixed_lengths: 
     return feed
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, memory_arena: bool = True) -> ort.SessionOptions:
+    """``memory_arena=False`` returns each call's memory when it ends: at thousands of tokens
+    a session's arena keeps its peak (gigabytes of attention probabilities), and two such
+    sessions in one benchmark process outgrow the machine."""
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
