@@ -9,7 +9,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import FAMILIES, make_checkpoint, make_decoder_checkpoint, make_t5_checkpoint  # noqa: E402
+from tiny import (  # noqa: E402
+    DECODER_CONFIG_FAMILIES,
+    FAMILIES,
+    make_checkpoint,
+    make_decoder_checkpoint,
+    make_t5_checkpoint,
+)
 
 TASKS = ("text-classification", "feature-extraction")
 
@@ -88,7 +94,7 @@ def calibrated_classifier(bert_classifier, tmp_path_factory) -> Path:
 T5_SHAPES = ("t5", "flan-t5")
 T5_TASKS = ("text2text-generation", "text-classification", "feature-extraction")
 T5_KEYS = [(shape, task) for shape in T5_SHAPES for task in T5_TASKS]
-DECODER_FAMILIES = ("gpt2", "llama")
+DECODER_FAMILIES = DECODER_CONFIG_FAMILIES
 DECODER_TASKS = ("text-generation", "text-classification")
 DECODER_KEYS = [(family, task) for family in DECODER_FAMILIES for task in DECODER_TASKS]
 
@@ -112,14 +118,33 @@ def t5_converted(t5_checkpoints, tmp_path_factory):
     return {key: convert(str(path), root / "-".join(key)) for key, path in t5_checkpoints.items()}
 
 
+class LazyMap(dict):
+    """A session fixture's map whose entries are built on first use: a run that needs two of
+    the sixteen decoder conversions pays for those two."""
+
+    def __init__(self, keys, build):
+        super().__init__()
+        self._keys, self._build = list(keys), build
+
+    def __missing__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        value = self[key] = self._build(key)
+        return value
+
+    def keys(self):
+        return list(self._keys)
+
+    def items(self):
+        return [(key, self[key]) for key in self._keys]
+
+
 @pytest.fixture(scope="session")
 def decoder_checkpoints(tmp_path_factory):
-    """(family, task) -> tiny GPT-2 or Llama checkpoint."""
+    """(family, task) -> tiny decoder checkpoint (``tiny.DECODER_CONFIG_FAMILIES``)."""
     root = tmp_path_factory.mktemp("decoders")
-    return {
-        key: make_decoder_checkpoint(root / "-".join(key), key[0], key[1], seed=index)
-        for index, key in enumerate(DECODER_KEYS)
-    }
+    seeds = {key: index for index, key in enumerate(DECODER_KEYS)}
+    return LazyMap(DECODER_KEYS, lambda key: make_decoder_checkpoint(root / "-".join(key), key[0], key[1], seed=seeds[key]))
 
 
 @pytest.fixture(scope="session")
@@ -128,4 +153,4 @@ def decoder_converted(decoder_checkpoints, tmp_path_factory):
     from latexport.export.conversion import convert
 
     root = tmp_path_factory.mktemp("decoders-converted")
-    return {key: convert(str(path), root / "-".join(key)) for key, path in decoder_checkpoints.items()}
+    return LazyMap(DECODER_KEYS, lambda key: convert(str(decoder_checkpoints[key]), root / "-".join(key)))

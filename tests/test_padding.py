@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tiny import FAMILIES
+from tiny import DECODER_CONFIG_FAMILIES, FAMILIES
 from tokenizers import Tokenizer
 
 from latexport.export.checkpoint import load_checkpoint
@@ -41,23 +41,34 @@ def cls_pooled(checkpoints, tmp_path_factory):
 
 
 def _cases(request) -> dict[str, tuple[Path, Path]]:
-    """name -> (checkpoint, converted directory), from the session's fixtures."""
+    """name -> (checkpoint, converted directory), from the session's fixtures; the decoder and T5
+    conversions are made when a case asks for them."""
     checkpoints, converted = request.getfixturevalue("checkpoints"), request.getfixturevalue("converted")
     cases = {f"{family}-{task}": (checkpoints[(family, task)], out) for (family, task), out in converted.items()}
     cases["bert-regression"] = (request.getfixturevalue("regression_checkpoint"), request.getfixturevalue("regressor"))
     cases["bert-cls-pooling"] = (checkpoints[("bert", "feature-extraction")], request.getfixturevalue("cls_pooled"))
-    for fixture in ("t5", "decoder"):
-        sources = request.getfixturevalue(f"{fixture}_checkpoints")
-        for key, result in request.getfixturevalue(f"{fixture}_converted").items():
-            cases["-".join(key)] = (sources[key], result.out_dir)
-    return cases
+    return _LazyCases(request, cases)
+
+
+class _LazyCases(dict):
+    def __init__(self, request, cases):
+        super().__init__(cases)
+        self.request = request
+
+    def __missing__(self, name):
+        for fixture in ("t5", "decoder"):
+            sources = self.request.getfixturevalue(f"{fixture}_checkpoints")
+            for key in sources.keys():
+                if "-".join(key) == name:
+                    return sources[key], self.request.getfixturevalue(f"{fixture}_converted")[key].out_dir
+        raise KeyError(name)
 
 
 CASE_NAMES = (
     [f"{f}-{t}" for f in FAMILIES for t in ("text-classification", "feature-extraction")]
     + ["bert-regression", "bert-cls-pooling"]
     + [f"{s}-{t}" for s in ("t5", "flan-t5") for t in ("text2text-generation", "text-classification", "feature-extraction")]
-    + [f"{f}-{t}" for f in ("gpt2", "llama") for t in ("text-generation", "text-classification")]
+    + [f"{f}-{t}" for f in DECODER_CONFIG_FAMILIES for t in ("text-generation", "text-classification")]
 )
 
 

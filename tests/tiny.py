@@ -25,8 +25,15 @@ from transformers import (
     BertConfig,
     DistilBertConfig,
     ElectraConfig,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
     MPNetConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
@@ -168,19 +175,65 @@ def tiny_byte_level_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
 DECODER_VOCAB_SIZE = len(tiny_byte_level_tokenizer(128))
 
 
+#: Decoder-only families with a tiny config each (``tiny_decoder_config``).
+DECODER_CONFIG_FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "phi3")
+#: The sliding window of the tiny configs that have one: short enough to bite on a 40-token prompt.
+TINY_WINDOW = 8
+#: Gemma's tiny configs: a wider weight init (peaked attention), and soft caps near the logits' size.
+GEMMA_INIT = 0.2
+GEMMA2_ATTENTION_CAP = 3.0
+GEMMA_FINAL_CAP = 2.0
+
+
 def tiny_decoder_config(family: str, num_labels: int = 3, layers: int = 4, hidden: int = 32, heads: int = 4):
-    """GPT-2, or Llama with grouped-query attention (2 key/value heads)."""
+    """GPT-2, or a Llama-shaped decoder with grouped-query attention (2 key/value heads), each as close
+    to the real architecture as its config class allows:
+
+    * qwen2: tied embeddings (as Qwen2.5's small models), q/k/v biases, the upper half of the layers
+      sliding (``max_window_layers``);
+    * qwen3: tied, per-head query/key norms, a head_dim wider than hidden / heads;
+    * mistral: untied, a window in every layer;
+    * phi3: fused projections, partial rotary (half of each head), a window in every layer;
+    * gemma, gemma2, gemma3: tied, a head_dim wider than hidden / heads and a ``query_pre_attn_scalar``
+      apart from it, weights drawn 10x wider than the default (``GEMMA_INIT``) so that attention is
+      peaked and the soft caps bite.  gemma2: local and global layers alternating (``TINY_WINDOW``),
+      attention logits capped at ``GEMMA2_ATTENTION_CAP`` and final logits at ``GEMMA_FINAL_CAP``;
+      gemma3: per-head query/key norms, two local layers per global one, each type with its own
+      rotary base (the global one scaled linearly, as Gemma 3 4B and larger), final logits capped.
+    """
     eos = DECODER_VOCAB_SIZE - 1
     if family == "gpt2":
         return GPT2Config(
             vocab_size=DECODER_VOCAB_SIZE, n_positions=128, n_embd=hidden, n_layer=layers, n_head=heads,
             bos_token_id=eos, eos_token_id=eos, num_labels=num_labels,
         )
-    return LlamaConfig(
+    common = dict(
         vocab_size=DECODER_VOCAB_SIZE, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=128,
-        bos_token_id=eos, eos_token_id=eos, num_labels=num_labels, tie_word_embeddings=False,
+        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, num_labels=num_labels, tie_word_embeddings=False,
     )
+    if family == "qwen2":
+        return Qwen2Config(**{**common, "tie_word_embeddings": True}, use_sliding_window=True, sliding_window=TINY_WINDOW,
+                           max_window_layers=layers // 2)
+    if family == "qwen3":
+        return Qwen3Config(**{**common, "tie_word_embeddings": True}, head_dim=2 * hidden // heads)
+    if family == "mistral":
+        return MistralConfig(**common, sliding_window=TINY_WINDOW)
+    if family == "phi3":
+        return Phi3Config(**common, partial_rotary_factor=0.5, sliding_window=TINY_WINDOW)
+    if family.startswith("gemma"):
+        gemma = {**common, "tie_word_embeddings": True, "head_dim": 2 * hidden // heads,
+                 "query_pre_attn_scalar": 3 * hidden // heads, "initializer_range": GEMMA_INIT}
+        if family == "gemma2":
+            return Gemma2Config(**gemma, sliding_window=TINY_WINDOW, attn_logit_softcapping=GEMMA2_ATTENTION_CAP,
+                                final_logit_softcapping=GEMMA_FINAL_CAP)
+        if family == "gemma3":
+            layer_types = ["full_attention" if (index + 1) % 3 == 0 else "sliding_attention" for index in range(layers)]
+            return Gemma3TextConfig(**gemma, sliding_window=TINY_WINDOW, layer_types=layer_types,
+                                    final_logit_softcapping=GEMMA_FINAL_CAP, rope_local_base_freq=10_000.0,
+                                    rope_scaling={"rope_type": "linear", "factor": 8.0})
+        return GemmaConfig(**{key: value for key, value in gemma.items() if key != "query_pre_attn_scalar"})
+    return LlamaConfig(**{key: value for key, value in common.items() if key != "pad_token_id"})
 
 
 def make_decoder_checkpoint(
@@ -317,3 +370,104 @@ def _sharpen(model: torch.nn.Module) -> None:
                 parameter.mul_(20.0)
             if name.endswith(("pooler.dense.weight", "albert.pooler.weight")) or name == "pooler.weight":
                 parameter.mul_(4.0)
+
+
+# --- BART, mBART and Marian ---------------------------------------------------------
+
+SEQ2SEQ_FAMILIES = ("bart", "mbart", "marian")
+#: mBART's language codes close its vocabulary; sources end "</s> en_XX", mBART-50 forces the target's.
+MBART_LANGUAGES = ("en_XX", "de_DE")
+
+
+def _seq2seq_vocabulary(family: str) -> list[str]:
+    pieces = ["\u2581"] + ["\u2581" + word for word in WORDS] + list(LETTERS)
+    if family == "marian":  # as opus-mt: </s> 0, <unk> 1, padding the last id
+        return ["</s>", "<unk>", *pieces, "<pad>"]
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq's order, as BART and mBART
+    return [*specials, *pieces, "<mask>", *(MBART_LANGUAGES if family == "mbart" else ())]
+
+
+def tiny_seq2seq_tokenizer(family: str, max_length: int = 128) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style (Unigram, Metaspace) tokenizer with the family's special tokens and template:
+    BART "<s> $A </s>", mBART "$A </s> en_XX", Marian "$A </s>"."""
+    vocabulary = _seq2seq_vocabulary(family)
+    ids = {token: index for index, token in enumerate(vocabulary)}
+    scores = [(token, -3.0 if token.startswith("\u2581") and len(token) > 1 else -5.0) for token in vocabulary]
+    backend = Tokenizer(models.Unigram(scores, unk_id=ids["<unk>"]))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    template = {"bart": "<s> $A </s>", "mbart": "$A </s> en_XX", "marian": "$A </s>"}[family]
+    specials = [token for token in ("<s>", "</s>", "en_XX") if token in template]
+    backend.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(token, ids[token]) for token in specials]
+    )
+    named = dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    if family != "marian":
+        named.update(bos_token="<s>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    if family == "mbart":
+        named["additional_special_tokens"] = list(MBART_LANGUAGES)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=max_length, model_input_names=["input_ids", "attention_mask"], **named
+    )
+
+
+def tiny_seq2seq_config(family: str, num_labels: int = 3, layers: int = 2, hidden: int = 32, heads: int = 4):
+    """As close to the real shapes as the config classes allow: BART post-LN with learned positions
+    (offset 2), the embedding LayerNorm and tied embeddings; mBART the same but pre-LN with final
+    LayerNorms and a scaled embedding; Marian post-LN, sinusoidal, a scaled embedding, SiLU, and
+    padding as its decoder start token.  ``make_seq2seq_checkpoint`` adds what lives in the generation
+    config: mBART-50's forced target language, and opus-mt's ban on generating padding."""
+    from transformers import BartConfig, MarianConfig, MBartConfig
+
+    vocabulary = _seq2seq_vocabulary(family)
+    common = dict(
+        vocab_size=len(vocabulary), d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=hidden * 2,
+        decoder_ffn_dim=hidden * 2, max_position_embeddings=128, num_labels=num_labels,
+    )
+    if family == "marian":
+        pad = len(vocabulary) - 1
+        return MarianConfig(
+            **common, decoder_vocab_size=len(vocabulary), pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad,
+            forced_eos_token_id=0, scale_embedding=True, activation_function="swish", share_encoder_decoder_embeddings=True,
+        )
+    if family == "mbart":
+        return MBartConfig(
+            **common, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+            scale_embedding=True,
+        )
+    return BartConfig(**common, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+
+
+def make_seq2seq_checkpoint(
+    directory: Path, family: str = "bart", task: str = "text2text-generation", num_labels: int = 3, seed: int = 0, **sizes
+) -> Path:
+    """A tiny random BART, mBART or Marian checkpoint for ``task`` (feature extraction: the bare ``*Model``)."""
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    config = tiny_seq2seq_config(family, num_labels=num_labels, **sizes)
+    if task == "text-classification":
+        name_labels(config, num_labels)
+    torch.manual_seed(seed)
+    auto = {"text-classification": AutoModelForSequenceClassification, "feature-extraction": AutoModel}.get(
+        task, AutoModelForSeq2SeqLM
+    )
+    model = auto.from_config(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+                parameter.mul_(6.0)  # peaked attention: ACC ties would leave the kept set to rounding
+            if name.endswith("embed_positions.weight") and parameter.requires_grad:
+                parameter.mul_(4.0)  # learned positions as large as the tokens', so that a wrong one shows
+            if name == "classification_head.out_proj.weight":
+                parameter.mul_(20.0)
+        if hasattr(model, "final_logits_bias"):  # zero at init; a graph that forgot it would pass unseen
+            model.final_logits_bias.normal_(0.0, 0.5)
+    if family == "marian" and getattr(model, "generation_config", None) is not None:
+        model.generation_config.bad_words_ids = [[config.pad_token_id]]  # as every opus-mt checkpoint
+    if family == "mbart" and getattr(model, "generation_config", None) is not None:
+        model.generation_config.forced_bos_token_id = _seq2seq_vocabulary(family).index("de_DE")  # as mBART-50
+    model.save_pretrained(directory)
+    tiny_seq2seq_tokenizer(family).save_pretrained(directory)
+    return Path(directory)

@@ -65,6 +65,8 @@ def infer_task(config, family: EncoderFamily) -> str:
         return TASK_CLASSIFICATION
     if TASK_TEXT2TEXT in family.tasks and any(name.endswith("ForConditionalGeneration") for name in architectures):
         return TASK_TEXT2TEXT
+    if len(family.tasks) == 1:  # a family with one task (Marian: MarianMTModel translates)
+        return family.tasks[0]
     if TASK_GENERATION in family.tasks:  # a decoder-only checkpoint is for generation unless it says otherwise
         return TASK_GENERATION
     return TASK_FEATURES

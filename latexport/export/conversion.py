@@ -153,8 +153,38 @@ def generation_settings(loaded: LoadedCheckpoint) -> dict:
         "pad_token_id": int(loaded.tokenizer.pad_token_id),
     }
     if loaded.task == TASK_TEXT2TEXT:
-        settings.update(decoder=DECODER_FILE, decoder_start_token_id=int(loaded.config.decoder_start_token_id))
+        settings.update(decoder=DECODER_FILE, **seq2seq_token_rules(loaded))
     return settings
+
+
+def seq2seq_token_rules(loaded: LoadedCheckpoint) -> dict:
+    """The decoder start token, and the tokens transformers' ``generate`` forces or bans in every greedy or
+    sampled call (its ForcedBOS, ForcedEOS, NoBadWords and SuppressTokens processors: mBART-50's target
+    language, BART's </s> at the length limit, Marian's padding), read as ``generate`` reads them: the
+    generation config first, then the model config.  Beam search and the other processors are not reproduced."""
+    generation = getattr(loaded.model, "generation_config", None)
+
+    def setting(name: str):
+        value = getattr(generation, name, None)
+        return value if value is not None else getattr(loaded.config, name, None)
+
+    start = setting("decoder_start_token_id")
+    start = setting("bos_token_id") if start is None else start
+    if start is None:
+        raise SettingsError("the checkpoint sets neither decoder_start_token_id nor bos_token_id; generation cannot start")
+    rules = {"decoder_start_token_id": int(start)}
+    if setting("forced_bos_token_id") is not None:
+        rules["forced_bos_token_id"] = int(setting("forced_bos_token_id"))
+    forced_eos = setting("forced_eos_token_id")
+    if forced_eos is not None:
+        rules["forced_eos_token_ids"] = [int(t) for t in (forced_eos if isinstance(forced_eos, (list, tuple)) else [forced_eos])]
+    bad_words = [list(words) for words in (setting("bad_words_ids") or [])]
+    if any(len(words) != 1 for words in bad_words):
+        log.warning("bad_words_ids of several tokens are not applied by latexport's generation loop; single tokens are")
+    suppressed = {int(words[0]) for words in bad_words if len(words) == 1} | {int(t) for t in setting("suppress_tokens") or []}
+    if suppressed:
+        rules["suppressed_token_ids"] = sorted(suppressed)
+    return rules
 
 
 def export_onnx(

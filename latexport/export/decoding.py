@@ -50,7 +50,9 @@ class LayerCache:
 
 class PrefillWrapper(nn.Module):
     """Export signature of the prompt pass: (input_ids, attention_mask, keep_ratio) ->
-    (logits [B, V], then key, value and mask of every layer, then the kept-positions taps)."""
+    (logits [B, V], then key, value and mask of every layer, then the kept-positions taps).
+    A layer's cache mask holds 1 + the original position of each word-vector that entered
+    the layer, 0 in an empty slot: sliding windows need the positions in the decode step."""
 
     def __init__(self, model: LatencyAdjustableModel, with_kept_positions: bool = True):
         super().__init__()
@@ -83,16 +85,16 @@ class DecodeStep(nn.Module):
         triples = [past[3 * layer : 3 * layer + 3] for layer in range(len(layers))]
         cache = LayerCache([(key, value) for key, value, _ in triples])
         hidden = family.embed(core, input_ids, None, position_ids)
-        new_valid = torch.ones_like(input_ids)
+        new_slots = position_ids + 1  # the cache mask holds 1 + each word-vector's position
         masks = []
         for layer_index, layer in enumerate(layers):
-            key_valid = torch.cat([triples[layer_index][2], new_valid], dim=1)
-            masks.append(key_valid)
-            inputs = family.step_inputs(core, key_valid > 0, position_ids, hidden.dtype)
+            key_slots = torch.cat([triples[layer_index][2], new_slots], dim=1)
+            masks.append(key_slots)
+            inputs = family.step_inputs(core, key_slots, position_ids, hidden.dtype)
             mixed, _ = family.attend(layer, hidden, inputs, cache)
             hidden = family.finish(layer, mixed, hidden)
         hidden = family.final_states(core, hidden)
-        logits = family.lm_head(self.hf_model)(hidden)
+        logits = family.logits(self.hf_model, hidden)
         outputs = [logits]
         for layer_index in range(len(layers)):
             outputs.extend([*cache.layers[layer_index], masks[layer_index]])

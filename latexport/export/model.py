@@ -54,7 +54,8 @@ class LatencyAdjustableOutput:
     kept_positions: list[torch.Tensor] = field(default_factory=list)
     attention_mask: Optional[torch.Tensor] = None
     #: text-generation with a ``cache``: ``cache_masks[l]`` [B, N_l] marks the real word-vectors among
-    #: those that entered layer ``l`` (whose keys and values the cache holds).
+    #: those that entered layer ``l`` (whose keys and values the cache holds) with 1 + their
+    #: original position, and empty slots with 0 (the decode step's windows need the positions).
     cache_masks: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -131,7 +132,7 @@ class LatencyAdjustableModel(nn.Module):
         copy_source = copy_sources(input_ids, valid, rule.copy_ngram, rule.copy_span) if rule.copies else None
         for layer, exponent in zip(family.layers(core), self.exponents):
             if cache is not None:
-                cache_masks.append(valid.to(torch.int64))
+                cache_masks.append(torch.where(valid, positions + 1, torch.zeros_like(positions)))
             attention_inputs = family.attention_inputs(core, valid, positions, hidden.dtype) if bias is None else bias
             mixed, probs = family.attend(layer, hidden, attention_inputs, cache)
             keep = keep_counts(valid_lengths, valid.sum(dim=1), ratio, exponent)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -52,6 +52,9 @@ class RowReference:
 
     output: np.ndarray
     kept_positions: list[np.ndarray]
+    #: Per layer, the word-vectors that entered it ([1, n, D]) and their positions: what a
+    #: decode step's cache holds (``reference_next_logits``).
+    layer_inputs: list[tuple[torch.Tensor, np.ndarray]] = field(default_factory=list)
 
 
 def reference_keep_count(length: int, alive: int, keep_ratio: float, exponent: float) -> int:
@@ -147,6 +150,10 @@ class Architecture:
         return model.classifier(model.dropout(self.base(model).pooler(hidden)))
 
     def generate_logits(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_at(self, model, ids: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+        """Decoders: the embeddings of tokens at these positions (a decode step's new tokens)."""
         raise NotImplementedError
 
 
@@ -290,10 +297,23 @@ def _states(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _causal_mask(width: int, dtype: torch.dtype) -> torch.Tensor:
-    """[1, 1, n, n] additive: alive word-vectors stay in their original order."""
-    allowed = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    return torch.zeros(width, width, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+def _causal_mask(width: int, dtype: torch.dtype, positions: Optional[np.ndarray] = None, window: Optional[int] = None) -> torch.Tensor:
+    """[1, 1, n, n] additive: alive word-vectors stay in their original order; with a sliding
+    ``window``, a query also sees only keys less than ``window`` original positions before it."""
+    allowed = np.tril(np.ones((width, width), dtype=bool))
+    if window is not None:
+        allowed &= (positions[:, None] - positions[None, :]) < window
+    mask = torch.zeros(width, width, dtype=dtype).masked_fill(torch.from_numpy(~allowed), torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def _layer_window(config, layer_index: int) -> Optional[int]:
+    """transformers' rule for which layers slide: all of them when the config sets a window
+    without naming layer types (Mistral, Phi-3), else those typed "sliding_attention"."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_index] != "sliding_attention":
+        return None
+    return getattr(config, "sliding_window", None)
 
 
 class GPT2Architecture(Architecture):
@@ -301,8 +321,11 @@ class GPT2Architecture(Architecture):
     causal = True
 
     def embed(self, model, ids, types):
+        return self.embed_at(model, ids, np.arange(ids.shape[1]))
+
+    def embed_at(self, model, ids, positions):
         base = self.base(model)
-        return base.wte(ids) + base.wpe(torch.arange(ids.shape[1])[None])
+        return base.wte(ids) + base.wpe(torch.from_numpy(positions)[None])
 
     def layers(self, model):
         return self.base(model).h
@@ -324,7 +347,7 @@ class GPT2Architecture(Architecture):
 
 
 class LlamaArchitecture(GPT2Architecture):
-    def embed(self, model, ids, types):
+    def embed_at(self, model, ids, positions):
         return self.base(model).embed_tokens(ids)
 
     def layers(self, model):
@@ -336,14 +359,54 @@ class LlamaArchitecture(GPT2Architecture):
     def run_layer(self, model, layer, hidden, positions):
         position_ids = torch.from_numpy(positions)[None]
         rotary = self.base(model).rotary_emb(hidden, position_ids)  # rotated by the original positions
+        window = _layer_window(model.config, layer.self_attn.layer_idx)
         output = layer(
-            hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype), position_ids=position_ids,
+            hidden, attention_mask=_causal_mask(hidden.shape[1], hidden.dtype, positions, window), position_ids=position_ids,
             position_embeddings=rotary,
         )
         return _states(output)
 
     def final(self, model, hidden):
         return self.base(model).norm(hidden)
+
+
+class GemmaArchitecture(LlamaArchitecture):
+    """Gemma, 2 and 3: embeddings times sqrt(hidden_size); the layers (four norms, soft-capped
+    attention, query/key norms) run whole; local and global layers rotate by tables of their own
+    (Gemma 3); the language-model head's logits are soft-capped."""
+
+    def base(self, model):
+        return model.model  # 4.57's Gemma3ForCausalLM has no ``language_model``, its base_model_prefix
+
+    def embed_at(self, model, ids, positions):
+        embedding = self.base(model).embed_tokens
+        hidden = embedding(ids)
+        if type(embedding) is torch.nn.Embedding:  # transformers 4.57 scales in GemmaModel / Gemma2Model.forward
+            hidden = hidden * torch.tensor(model.config.hidden_size**0.5, dtype=hidden.dtype)
+        return hidden
+
+    def run_layer(self, model, layer, hidden, positions):
+        config, base = model.config, self.base(model)
+        position_ids = torch.from_numpy(positions)[None]
+        index = layer.self_attn.layer_idx
+        mask = _causal_mask(hidden.shape[1], hidden.dtype, positions, _layer_window(config, index))
+        parameters = inspect.signature(layer.forward).parameters
+        if "position_embeddings_local" in parameters:  # transformers 4.57's Gemma 3: the layer picks its table
+            return _states(layer(
+                hidden, position_embeddings_global=base.rotary_emb(hidden, position_ids),
+                position_embeddings_local=base.rotary_emb_local(hidden, position_ids), attention_mask=mask,
+                position_ids=position_ids,
+            ))
+        if "layer_type" in inspect.signature(base.rotary_emb.forward).parameters:  # 5.x's Gemma 3
+            rotary = base.rotary_emb(hidden, position_ids, config.layer_types[index])
+        else:
+            rotary = base.rotary_emb(hidden, position_ids)
+        return _states(layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=rotary))
+
+    def generate_logits(self, model, hidden):
+        logits = model.lm_head(hidden[:, -1])
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 class ModernBertArchitecture(Architecture):
@@ -403,6 +466,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "t5": T5Architecture(),
     "gpt2": GPT2Architecture(),
     "llama": LlamaArchitecture(),
+    "qwen2": LlamaArchitecture(),  # biases and query/key norms live inside transformers' attention module
+    "qwen3": LlamaArchitecture(),
+    "mistral": LlamaArchitecture(),
+    "phi3": LlamaArchitecture(),  # fused projections and partial rotary: inside transformers' modules
+    "gemma": GemmaArchitecture(),
+    "gemma2": GemmaArchitecture(),
+    "gemma3_text": GemmaArchitecture(),
 }
 
 
@@ -426,7 +496,7 @@ def reference_row(
     types = None if token_type_ids is None else torch.as_tensor(np.asarray(token_type_ids, dtype=np.int64))[None]
     length = ids.shape[1]
     captured = []
-    kept_positions = []
+    kept_positions, layer_inputs = [], []
     with torch.no_grad():
         hidden = architecture.embed(model, ids, types)
         architecture.prepare(model, hidden)
@@ -436,10 +506,12 @@ def reference_row(
             handle = architecture.attention(layer).register_forward_hook(
                 lambda module, args, output: captured.append(output[-1])
             )
+            hidden_in = hidden
             try:
                 hidden = architecture.run_layer(model, layer, hidden, positions)
             finally:
                 handle.remove()
+            layer_inputs.append((hidden_in, positions.copy()))
             probs = captured.pop()[0].numpy()
             alive = len(positions)
             pinned = {"first": 0, "last": alive - 1, None: None}[architecture.pinned]
@@ -460,7 +532,21 @@ def reference_row(
             output = hidden[0]
         else:
             output = hidden[0, 0] if pooling == "cls" else hidden[0].mean(dim=0)
-    return RowReference(output.numpy(), kept_positions)
+    return RowReference(output.numpy(), kept_positions, layer_inputs)
+
+
+def reference_next_logits(model, row: RowReference, token_id: int, position: int) -> np.ndarray:
+    """A decode step over the pruned cache of ``row`` (a text-generation ``reference_row``): the
+    new token at ``position`` joins the word-vectors that entered each layer, which stay in
+    their original order, and transformers' whole layer runs on them all; causal, so its last
+    row is the new token's.  [vocab] logits of the token after it."""
+    architecture = ARCHITECTURES[model.config.model_type]
+    with torch.no_grad():
+        hidden = architecture.embed_at(model, torch.tensor([[int(token_id)]]), np.array([int(position)]))
+        for layer, (states, positions) in zip(architecture.layers(model), row.layer_inputs):
+            everyone = np.append(positions, int(position))
+            hidden = architecture.run_layer(model, layer, torch.cat([states, hidden], dim=1), everyone)[:, -1:]
+        return architecture.generate_logits(model, architecture.final(model, hidden))[0].numpy()
 
 
 def reference_batch(
@@ -478,3 +564,42 @@ def reference_batch(
             )
         )
     return rows
+
+
+class BartArchitecture(Architecture):
+    """BART, and through its subclasses mBART and Marian: absolute positions are added once, before
+    any layer, so the reference takes the embedding output straight from transformers' encoder (its
+    first hidden state) and runs every ``*EncoderLayer`` whole on the survivors."""
+
+    pinned = None
+
+    def base(self, model):
+        inner = getattr(model, "model", model)  # the task models wrap a *Model; feature extraction holds the encoder
+        return getattr(inner, "encoder", inner)
+
+    def embed(self, model, ids, types):
+        return self.base(model)(input_ids=ids, output_hidden_states=True).hidden_states[0]
+
+    def layers(self, model):
+        return self.base(model).layers
+
+    def attention(self, layer):
+        return layer.self_attn
+
+    def run_layer(self, model, layer, hidden, positions):
+        if "layer_head_mask" in inspect.signature(layer.forward).parameters:  # transformers 4
+            return _states(layer(hidden, attention_mask=None, layer_head_mask=None, output_attentions=True))
+        return _states(layer(hidden, attention_mask=None))
+
+    def classify(self, model, hidden, ids):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return model(input_ids=ids, encoder_outputs=BaseModelOutput(last_hidden_state=hidden)).logits
+
+
+class MBartArchitecture(BartArchitecture):
+    def final(self, model, hidden):
+        return self.base(model).layer_norm(hidden)
+
+
+ARCHITECTURES.update({"bart": BartArchitecture(), "mbart": MBartArchitecture(), "marian": BartArchitecture()})

@@ -18,7 +18,9 @@
   at 1.0 the teacher-forced logits against transformers and the greedy
   continuation token for token against ``generate``; at lower ratios the
   greedy continuation against ``generate`` fed our PyTorch encoder's kept
-  states and mask.
+  states and mask.  ``generate`` runs under the start, forced and banned
+  tokens the file records and nothing else (``only_generation_config``), on
+  the rows right-padded (BART and Marian count positions by column there).
 
 Inputs are a right-padded batch (per-sample counts and masking), a batch
 that mixes left and right padding and is wider than its longest row (so
@@ -29,6 +31,7 @@ axis beyond the traced size).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,7 +45,7 @@ from latexport.export.families import TASK_FEATURES, TASK_GENERATION, TASK_TEXT2
 from latexport.export.model import LatencyAdjustableModel
 from latexport.export.pooling import pool
 from latexport.export.passes import with_int64_outputs
-from latexport.export.reference import reference_batch
+from latexport.export.reference import reference_batch, reference_next_logits
 
 DEFAULT_RATIOS = (0.75, 0.5, 0.25, 0.1)
 #: Greedy tokens compared per prompt when validating generation.
@@ -291,25 +294,18 @@ def validate_generation(
     model_dir: Path, loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, atol: float, ratios: tuple[float, ...]
 ) -> ValidationReport:
     """The decoder graphs of a text2text-generation directory (module doc)."""
-    from transformers import GenerationConfig
     from transformers.modeling_outputs import BaseModelOutput
 
     from latexport.runtime.generation import Seq2SeqGenerator
 
     generator = Seq2SeqGenerator(model_dir)
     settings = generator.settings
-    greedy = GenerationConfig(
-        decoder_start_token_id=settings["decoder_start_token_id"],
-        eos_token_id=settings["eos_token_id"],
-        pad_token_id=settings["pad_token_id"],
-        max_new_tokens=GREEDY_TOKENS,
-        do_sample=False,
-        num_beams=1,
-    )
+    greedy = seq2seq_greedy_config(settings, GREEDY_TOKENS)
     report = ValidationReport()
     rng = np.random.default_rng(1)
     for label, feed in validation_inputs(loaded).items():
-        tensors = {name: torch.from_numpy(value) for name, value in feed.items()}
+        # transformers counts absolute positions (BART, Marian) by column: it reads a row as latexport does right-padded.
+        tensors = {name: torch.from_numpy(value) for name, value in right_padded(feed).items()}
         batch = feed["input_ids"].shape[0]
         decoder_ids = rng.integers(3, loaded.config.vocab_size, size=(batch, 6))
         decoder_ids[:, 0] = settings["decoder_start_token_id"]
@@ -321,12 +317,12 @@ def validate_generation(
             expected = loaded.model(**tensors, decoder_input_ids=torch.from_numpy(decoder_ids)).logits.numpy()
         report.checks.append(_float_check(label + " logits", 1.0, "transformers", got, expected, atol))
 
-        with torch.no_grad():
+        with torch.no_grad(), only_generation_config(loaded.model, greedy):
             expected_ids = loaded.model.generate(**tensors, generation_config=greedy)
         got_ids = generator.generate_ids(feed, 1.0, GREEDY_TOKENS).token_ids
         report.checks.append(_greedy_check(label, 1.0, "hf greedy", got_ids, expected_ids.numpy(), settings))
         for ratio in ratios:
-            with torch.no_grad():
+            with torch.no_grad(), only_generation_config(loaded.model, greedy):
                 result = lat(tensors["input_ids"], tensors["attention_mask"], None, torch.tensor(ratio))
                 expected_ids = loaded.model.generate(
                     encoder_outputs=BaseModelOutput(last_hidden_state=result.output),
@@ -336,6 +332,38 @@ def validate_generation(
             got_ids = generator.generate_ids(feed, ratio, GREEDY_TOKENS).token_ids
             report.checks.append(_greedy_check(label, ratio, "pt greedy", got_ids, expected_ids.numpy(), settings))
     return report
+
+
+def seq2seq_greedy_config(settings: dict, max_new_tokens: int):
+    """transformers' greedy ``GenerationConfig`` for what a text2text directory records: its start and
+    end tokens and the forced and suppressed tokens the runtime applies (``generation.constrain_tokens``)."""
+    from transformers import GenerationConfig
+
+    suppressed = settings.get("suppressed_token_ids")
+    return GenerationConfig(
+        decoder_start_token_id=settings["decoder_start_token_id"],
+        eos_token_id=settings["eos_token_id"],
+        pad_token_id=settings["pad_token_id"],
+        forced_bos_token_id=settings.get("forced_bos_token_id"),
+        forced_eos_token_id=settings.get("forced_eos_token_ids"),
+        bad_words_ids=[[token] for token in suppressed] if suppressed else None,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+    )
+
+
+@contextmanager
+def only_generation_config(model, config):
+    """Run ``generate`` with ``config`` and nothing else: transformers fills the fields a passed config
+    leaves at their defaults from the model's own generation config (a checkpoint's beams, minimum
+    length or n-gram ban), which latexport's greedy loop does not reproduce."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 def _greedy_check(label: str, ratio: float, reference: str, got: list[list[int]], expected: np.ndarray, settings) -> Check:
@@ -377,7 +405,26 @@ def validate_causal_generation(
             report.checks.append(
                 _float_check(label + " logits", ratio, "latexport-pt", got.first_logits, expected_logits, atol)
             )
+            report.checks.append(independent_step_check(generator, loaded, lat, feed, label, ratio, atol))
     return report
+
+
+def independent_step_check(
+    generator, loaded: LoadedCheckpoint, lat: LatencyAdjustableModel, feed: dict[str, np.ndarray], label: str,
+    ratio: float, atol: float,
+) -> Check:
+    """One ONNX decode step over the pruned caches against ``reference_next_logits``: each row's
+    new token run through transformers' whole layers beside the word-vectors that entered each
+    one (so a window or rotary table misapplied over the cache shows up here)."""
+    logits, cache = generator.prefill(feed, ratio)
+    next_ids = logits.argmax(axis=-1)
+    positions = np.asarray(feed["attention_mask"]).sum(axis=1, keepdims=True).astype(np.int64)
+    got = generator.decoder_with_past.run(["logits"], {"input_ids": next_ids[:, None], "position_ids": positions, **cache})[0]
+    rows = reference_batch(loaded.model, loaded.task, lat.exponents, feed, ratio, scoring=lat.scoring)
+    expected = np.stack([
+        reference_next_logits(loaded.model, row, next_ids[index], positions[index, 0]) for index, row in enumerate(rows)
+    ])
+    return _float_check(label + " step", ratio, "independent", got[:, -1], expected, atol)
 
 
 def _token_check(label: str, ratio: float, reference: str, got: list[list[int]], expected: list[list[int]], eos: int) -> Check:

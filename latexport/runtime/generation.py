@@ -242,7 +242,7 @@ class CausalGenerator(PrunedPromptGenerator):
 
         return decode(
             logits, step, self.settings, reported_ratio(ratio), max_new_tokens, min_new_tokens, sampling, started, prompt_ms=prompt_ms,
-            kept_tokens=cache[self._past_names[-1]].sum(axis=1).tolist(),
+            kept_tokens=(cache[self._past_names[-1]] > 0).sum(axis=1).tolist(),
             prompt_tokens=np.asarray(inputs["attention_mask"]).sum(axis=1).tolist(),
         )
 
@@ -315,6 +315,7 @@ def decode(
         if position < min_new_tokens:
             logits = logits.copy()
             logits[:, eos] = -np.inf
+        logits = constrain_tokens(logits, settings, position, max_new_tokens)
         next_ids = np.where(finished, pad, next_tokens(logits, sampling, rng))
         if first_token_ms is None:
             first_token_ms = (time.perf_counter() - started) * 1e3
@@ -332,6 +333,27 @@ def decode(
         first_logits=first_logits,
         **timing_and_counts,
     )
+
+
+def constrain_tokens(logits: np.ndarray, settings: dict, position: int, max_new_tokens: int) -> np.ndarray:
+    """What transformers' ``generate`` imposes from the generation config (recorded at convert time, and
+    absent for most models): never the suppressed tokens, the forced first token (mBART-50's target
+    language) and the forced end token at the last allowed position, in that order."""
+    suppressed = settings.get("suppressed_token_ids")
+    forced = []
+    if position == 0 and settings.get("forced_bos_token_id") is not None:
+        forced = [settings["forced_bos_token_id"]]
+    if position == max_new_tokens - 1 and settings.get("forced_eos_token_ids"):
+        forced = settings["forced_eos_token_ids"]
+    if not suppressed and not forced:
+        return logits
+    logits = logits.copy()
+    if suppressed:
+        logits[:, suppressed] = -np.inf
+    if forced:
+        logits[:] = -np.inf
+        logits[:, forced] = 0.0
+    return logits
 
 
 def next_tokens(logits: np.ndarray, sampling: Optional[Sampling], rng: Optional[np.random.Generator]) -> np.ndarray:

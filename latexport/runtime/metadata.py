@@ -21,7 +21,9 @@ KEEP_RATIO_INPUT = "keep_ratio"
 
 def cache_names(num_layers: int, prefix: str) -> list[str]:
     """``{prefix}.{l}.key``, ``.value`` and ``.mask`` of every layer, in that order: the
-    cache a decoder-only prompt pass returns ("present") and a decode step takes ("past")."""
+    cache a decoder-only prompt pass returns ("present") and a decode step takes ("past").
+    A mask is int64 [B, N_l]: 1 + the original position of each cached word-vector, 0 for an
+    empty slot (files converted before sliding windows hold 1 for every real one)."""
     return [f"{prefix}.{layer}.{part}" for layer in range(num_layers) for part in ("key", "value", "mask")]
 
 

@@ -13,17 +13,22 @@ from latexport.export.families.base import (
     LayerShape,
 )
 from latexport.export.families.albert import AlbertFamily
+from latexport.export.families.bart import BartFamily, MarianFamily, MBartFamily
 from latexport.export.families.bert import BertFamily, ElectraFamily, RobertaFamily
 from latexport.export.families.deberta_v2 import DebertaV2Family
 from latexport.export.families.distilbert import DistilBertFamily
 from latexport.export.families.gpt2 import GPT2Family
-from latexport.export.families.llama import LlamaFamily
+from latexport.export.families.llama import LlamaFamily, MistralFamily, Phi3Family, Qwen2Family, Qwen3Family
 from latexport.export.families.modernbert import ModernBertFamily
 from latexport.export.families.mpnet import MPNetFamily
 from latexport.export.families.t5 import T5Family
 from latexport.runtime.errors import UnsupportedModelError
 
-_FAMILIES: tuple[EncoderFamily, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily(), DebertaV2Family(), MPNetFamily(), AlbertFamily(), ModernBertFamily(), T5Family(), GPT2Family(), LlamaFamily())
+_FAMILIES: tuple[EncoderFamily, ...] = (
+    BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily(), DebertaV2Family(), MPNetFamily(), AlbertFamily(),
+    ModernBertFamily(), T5Family(), BartFamily(), MBartFamily(), MarianFamily(),
+    GPT2Family(), LlamaFamily(), Qwen2Family(), Qwen3Family(), MistralFamily(), Phi3Family(),
+)
 _BY_MODEL_TYPE = {model_type: family for family in _FAMILIES for model_type in family.model_types}
 
 

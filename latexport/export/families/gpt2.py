@@ -35,12 +35,9 @@ class GPT2Family(DecoderFamily):
     def layers(self, core: nn.Module) -> nn.ModuleList:
         return core.h
 
-    def attention_inputs(self, core: nn.Module, valid: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-        return self.causal_mask(valid, dtype)
-
-    def attend(self, layer: nn.Module, hidden: torch.Tensor, mask, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, layer: nn.Module, hidden: torch.Tensor, inputs, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
         projected, probs = layer.attn(
-            layer.ln_1(hidden), attention_mask=mask, output_attentions=True, **cache_argument(layer.attn, cache)
+            layer.ln_1(hidden), attention_mask=inputs.mask, output_attentions=True, **cache_argument(layer.attn, cache)
         )
         return projected, probs
 
