@@ -176,7 +176,7 @@ DECODER_VOCAB_SIZE = len(tiny_byte_level_tokenizer(128))
 
 
 #: Decoder-only families with a tiny config each (``tiny_decoder_config``).
-DECODER_CONFIG_FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "phi3")
+DECODER_CONFIG_FAMILIES = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3")
 #: The sliding window of the tiny configs that have one: short enough to bite on a 40-token prompt.
 TINY_WINDOW = 8
 #: Gemma's tiny configs: a wider weight init (peaked attention), and soft caps near the logits' size.

@@ -17,6 +17,7 @@ from latexport.export.families.bart import BartFamily, MarianFamily, MBartFamily
 from latexport.export.families.bert import BertFamily, ElectraFamily, RobertaFamily
 from latexport.export.families.deberta_v2 import DebertaV2Family
 from latexport.export.families.distilbert import DistilBertFamily
+from latexport.export.families.gemma import Gemma2Family, Gemma3Family, GemmaFamily
 from latexport.export.families.gpt2 import GPT2Family
 from latexport.export.families.llama import LlamaFamily, MistralFamily, Phi3Family, Qwen2Family, Qwen3Family
 from latexport.export.families.modernbert import ModernBertFamily
@@ -28,6 +29,7 @@ _FAMILIES: tuple[EncoderFamily, ...] = (
     BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily(), DebertaV2Family(), MPNetFamily(), AlbertFamily(),
     ModernBertFamily(), T5Family(), BartFamily(), MBartFamily(), MarianFamily(),
     GPT2Family(), LlamaFamily(), Qwen2Family(), Qwen3Family(), MistralFamily(), Phi3Family(),
+    GemmaFamily(), Gemma2Family(), Gemma3Family(),
 )
 _BY_MODEL_TYPE = {model_type: family for family in _FAMILIES for model_type in family.model_types}
 
