@@ -100,8 +100,11 @@ def main(verbose: bool) -> None:
 @click.option("--exporter", type=click.Choice(["torchscript", "torch-export"]), default="torchscript", show_default=True,
               help="torch-export: PyTorch's newer exporter (needs onnxscript); its graphs measured 1.01-1.20x slower "
                    "on BERT-base and it does not take the decoders' prompt pass yet (README).")
+@click.option("--transformers-js", is_flag=True,
+              help="Also lay the directory out for transformers.js (onnx/model.onnx, its dtype in config.json); "
+                   "text classification only. It runs at the file's recorded default keep ratio.")
 def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrite, keep_invalid, optimize, quantize, fp16,
-            exporter):
+            exporter, transformers_js):
     """Convert CHECKPOINT (a directory or hub id) into OUT_DIR/model.onnx with tokenizer and config."""
     from latexport.export.conversion import convert as convert_checkpoint
 
@@ -109,7 +112,7 @@ def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrit
     result = convert_checkpoint(
         checkpoint, out_dir, task=task, atol=atol, power=power, pooling=pooling, tokenizer=tokenizer,
         overwrite=overwrite, keep_invalid=keep_invalid, optimize=optimize, quantize=quantize, fp16=fp16,
-        exporter=exporter,
+        exporter=exporter, transformers_js=transformers_js,
     )
     click.echo(result.report.render())
     if result.variant_report:
@@ -124,7 +127,9 @@ def convert(checkpoint, out_dir, task, atol, power, pooling, tokenizer, overwrit
 @click.option("--keep-ratio", type=float, help="Default: the model's recorded default.")
 @click.option("--target-ms", type=float, help="Instead of a ratio: a latency budget (needs `latexport calibrate` first).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def run(model_dir, texts, keep_ratio, target_ms, provider):
+@click.option("--show-kept", is_flag=True,
+              help="Also print, for each text, one line per layer with the words still alive (dropped ones as dots).")
+def run(model_dir, texts, keep_ratio, target_ms, provider, show_kept):
     """Run MODEL_DIR on TEXTS at one keep ratio and print the results."""
     from latexport.runtime.session import LatencyAdjustableSession
 
@@ -151,6 +156,37 @@ def run(model_dir, texts, keep_ratio, target_ms, provider):
         ratio = prediction.keep_ratio
     budget = f" (budget {target_ms:g} ms)" if target_ms is not None else ""
     click.echo(f"keep_ratio {ratio:.3g}: {elapsed * 1000:.1f} ms for {len(texts)} text(s), tokenisation included{budget}", err=True)
+    if show_kept:
+        _echo_kept(session, texts, ratio)
+
+
+def _echo_kept(session, texts, keep_ratio) -> None:
+    """The kept words of each text, read by a second call through a session with the taps exposed
+    (after the timed call, which stays the plain one)."""
+    from latexport.runtime.kept_positions import KeptPositionsReader, render
+
+    for words in KeptPositionsReader(session).read(list(texts), keep_ratio):
+        click.echo(f"\n{_shorten(words.text)}  (keep_ratio {words.keep_ratio:g})")
+        click.echo(render(words, highlight=lambda token: click.style(token, bold=True, fg="green")))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--keep-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), help="Default: the model's recorded default.")
+@click.option("--graphs", "graphs_dir", default=Path("graphs"), show_default=True, type=click.Path(path_type=Path),
+              help="Folder for explain-MODEL-rRATIO.png and the .json of kept positions beside it.")
+def explain(model_dir, texts, keep_ratio, graphs_dir):
+    """Draw which words of TEXTS (a few) each layer of MODEL_DIR keeps at one keep ratio, as a PNG."""
+    from latexport.explain import explain as explain_texts
+    from latexport.runtime.kept_positions import render
+
+    explanation = explain_texts(model_dir, texts, keep_ratio, graphs_dir)
+    for index, words in enumerate(explanation.words):
+        verdict = f" -> {explanation.labels[index]}" if explanation.labels else ""
+        click.echo(f"{_shorten(words.text)}{verdict}  (keep_ratio {words.keep_ratio:g})")
+        click.echo(render(words, highlight=lambda token: click.style(token, bold=True, fg="green")) + "\n")
+    click.echo(f"wrote {explanation.image} and {explanation.json.name}")
 
 
 @main.command()

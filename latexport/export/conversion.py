@@ -48,6 +48,8 @@ from latexport.export.passes import (
     set_metadata,
     with_int64_outputs,
 )
+from latexport.export.transformers_js import check_task as check_transformers_js_task
+from latexport.export.transformers_js import write_layout as write_transformers_js_layout
 from latexport.export.tracing import EXPORTERS, TORCHSCRIPT, save_traced, trace
 from latexport.export.validate import (
     DEFAULT_RATIOS,
@@ -259,6 +261,7 @@ def convert(
     fp16: bool = False,
     scoring: Optional[ScoringRule] = None,
     exporter: str = TORCHSCRIPT,
+    transformers_js: bool = False,
 ) -> ConvertResult:
     """Convert ``checkpoint`` into ``out_dir`` (model.onnx + tokenizer + config).
 
@@ -271,6 +274,7 @@ def convert(
     for which word-vectors survive (``latexport.runtime.scoring``); the file
     records the one it uses.  ``exporter`` picks TorchScript (the default) or
     torch.export (``latexport.export.tracing``) for every graph of the directory.
+    ``transformers_js`` adds the layout transformers.js loads (``latexport.export.transformers_js``).
     """
     if quantize is not None and quantize not in QUANTIZATION_MODES:
         raise SettingsError(f"quantize must be one of {QUANTIZATION_MODES}, got {quantize!r}")
@@ -289,6 +293,8 @@ def convert(
             f"--optimize, --quantize and --fp16 apply to single-graph tasks; a {loaded.task} "
             "directory's decoder graph would stay float32 and unfused, so they are not offered for it yet"
         )
+    if transformers_js:
+        check_transformers_js_task(loaded.task)
     trained = finetuned_profile(checkpoint, loaded.family.layer_shape(loaded.config).num_layers)
     pooling = pooling or sentence_transformers_pooling(checkpoint) or "mean"
     lat = build_model(loaded, power=power, pooling=pooling, scoring=scoring, profile=trained)
@@ -317,6 +323,8 @@ def convert(
         if quantize or fp16:
             transform, name = (quantize_dynamic_int8, "int8") if quantize else (convert_to_float16, "fp16")
             variant_report = reduce_precision(scratch / MODEL_FILE, loaded, metadata, validation_ratios, transform, name)
+        if transformers_js:
+            write_transformers_js_layout(scratch, MODEL_FILE)
     return ConvertResult(out_dir=out_dir, metadata=metadata, report=report, variant_report=variant_report)
 
 
