@@ -47,7 +47,7 @@ def test_each_family_converts_with_its_task_inferred_and_validates(decoder_conve
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_left_padded_greedy_tokens_equal_transformers_generate(decoder_checkpoints, decoder_converted, family):
+def test_left_padded_greedy_tokens_and_first_logits_equal_transformers(decoder_checkpoints, decoder_converted, family):
     key = (family, "text-generation")
     loaded = load_checkpoint(str(decoder_checkpoints[key]))
     generator = CausalGenerator(decoder_converted[key].out_dir)
@@ -59,9 +59,11 @@ def test_left_padded_greedy_tokens_equal_transformers_generate(decoder_checkpoin
             **tensors, max_new_tokens=24, do_sample=False, num_beams=1,
             eos_token_id=generator.settings["eos_token_id"], pad_token_id=generator.settings["pad_token_id"],
         )[:, feed["input_ids"].shape[1]:]
+        first = loaded.model(**tensors, position_ids=(tensors["attention_mask"].cumsum(1) - 1).clamp(min=0)).logits[:, -1]
     eos = generator.settings["eos_token_id"]
     assert result.token_ids == [row[: row.index(eos) + 1] if eos in row else row for row in expected.tolist()]
     assert max(len(row) for row in result.token_ids) > 8
+    np.testing.assert_allclose(result.first_logits, first.numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -444,7 +444,7 @@ def make_seq2seq_checkpoint(
     directory: Path, family: str = "bart", task: str = "text2text-generation", num_labels: int = 3, seed: int = 0, **sizes
 ) -> Path:
     """A tiny random BART, mBART or Marian checkpoint for ``task`` (feature extraction: the bare ``*Model``)."""
-    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+    from transformers import AutoModelForSeq2SeqLM
 
     config = tiny_seq2seq_config(family, num_labels=num_labels, **sizes)
     if task == "text-classification":
