@@ -102,7 +102,7 @@ class KeptPositionsReader:
             raise ModelDirectoryError(f"{session.model_dir} records no kept-position taps; convert it again")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = session._intra_op_threads
+        options.intra_op_num_threads = session.intra_op_threads
         model_bytes = (session.model_dir / MODEL_FILE).read_bytes()
         self._tapped = ort.InferenceSession(
             with_kept_positions_outputs(model_bytes, self.taps), options, providers=["CPUExecutionProvider"]
@@ -114,7 +114,7 @@ class KeptPositionsReader:
         feed = self.session.encode(texts)
         ratio = check_keep_ratio(keep_ratio, self.session.default_keep_ratio, batch=len(texts))
         output, *taps = self._tapped.run([self.session.metadata.output_name, *self.taps], {**feed, "keep_ratio": ratio})
-        encodings = self.session._tokenizer.encode_batch(texts)
+        encodings = self.session.tokenizer.encode_batch(texts)
         ratios = reported_ratio(ratio)
         results = []
         for row, (text, encoding) in enumerate(zip(texts, encodings)):

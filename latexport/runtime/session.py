@@ -192,6 +192,16 @@ class LatencyAdjustableSession:
     def max_length(self) -> int:
         return self.metadata.max_length
 
+    @property
+    def tokenizer(self):
+        """The ``tokenizers.Tokenizer`` of the directory's tokenizer.json, as ``encode`` uses it."""
+        return self._tokenizer
+
+    @property
+    def intra_op_threads(self) -> int:
+        """The ONNX Runtime intra-op thread count this session was opened with (0: its default)."""
+        return self._intra_op_threads
+
     # --- tokenisation --------------------------------------------------------
     def _load_tokenizer(self):
         from tokenizers import Tokenizer
