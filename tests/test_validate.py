@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import DECODER_CONFIG_FAMILIES
 
 import latexport.export.conversion
 from latexport.cli import main
@@ -147,15 +148,22 @@ def test_reference_agrees_with_the_pytorch_model_on_every_layout(checkpoints, fa
 def test_every_family_was_validated_against_the_independent_reference(conversions, t5_converted, decoder_converted):
     """Every conversion of the suite, for every family and task: the ONNX file agreed with
     latexport.export.reference on outputs and kept sets, for every validation batch at every ratio."""
-    results = {**conversions, **t5_converted, **decoder_converted}
+    results = {**conversions, **t5_converted, **dict(decoder_converted.items())}  # items(): build every lazy one
     families = {key[0] for key in results}
-    assert {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "t5", "flan-t5", "gpt2", "llama"} <= families
+    assert {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "t5", "flan-t5", *DECODER_CONFIG_FAMILIES} <= families
     for key, result in results.items():
         independent = [check for check in result.report.checks if check.reference == "independent"]
-        batches = {check.inputs for check in independent}
+        prompt = [check for check in independent if not check.inputs.endswith(" step")]
+        batches = {check.inputs for check in prompt}
         assert "mixed padding" in batches, key
-        assert {check.keep_ratio for check in independent} == {1.0, 0.75, 0.5, 0.25, 0.1}, key
-        assert len(independent) == len(batches) * 5, key
+        assert {check.keep_ratio for check in prompt} == {1.0, 0.75, 0.5, 0.25, 0.1}, key
+        assert len(prompt) == len(batches) * 5, key
+        steps = [check for check in independent if check.inputs.endswith(" step")]
+        if key[1] == "text-generation":  # one decode step over the pruned caches, every batch, every ratio below 1
+            assert {check.inputs for check in steps} == {batch + " step" for batch in batches}, key
+            assert len(steps) == len(batches) * 4 and all(check.keep_ratio < 1.0 for check in steps), key
+        else:
+            assert not steps, key
         assert all(check.passed for check in independent), (key, result.report.render())
 
 
