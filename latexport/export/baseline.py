@@ -94,13 +94,21 @@ def _export_torch(checkpoint: str, task: str, path: Path) -> None:
     args = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in names)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            loaded.family.core(loaded.model) if task == TASK_TEXT2TEXT else loaded.model,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=names,
-            output_names=["output"],
-            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names},
-        )
+        try:
+            torch.onnx.export(
+                loaded.family.core(loaded.model) if task == TASK_TEXT2TEXT else loaded.model,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names},
+            )
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+            # transformers' own mask code does not always trace (a Qwen2 with sliding windows
+            # fails inside torch.onnx with "unordered_map::at"): no baseline, said plainly.
+            raise CheckpointError(
+                f"the plain torch.onnx export of {checkpoint} failed ({str(error).splitlines()[0]}); "
+                "run bench without --baseline torch, or with --baseline optimum"
+            ) from error
