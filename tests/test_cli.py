@@ -186,3 +186,21 @@ def test_bench_says_why_an_optimum_baseline_is_skipped(runner, converted, tmp_pa
     assert result.exit_code == 0, result.output
     assert "skipped plain (optimum): optimum is not installed" in result.output
     assert "latexport[optimum]" in result.output
+
+
+def test_a_plain_export_that_torch_cannot_trace_is_a_clear_error(checkpoints, monkeypatch, tmp_path):
+    """`bench --baseline torch` on a model torch.onnx cannot trace (a Qwen2 with sliding windows
+    fails inside it with "unordered_map::at"): one CheckpointError that names the way out."""
+    import torch
+
+    from latexport.export import baseline
+    from latexport.runtime.errors import CheckpointError
+
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("unordered_map::at")
+
+    monkeypatch.setattr(torch.onnx, "export", untraceable)
+    monkeypatch.setattr(baseline, "cache_dir", lambda: tmp_path)
+    with pytest.raises(CheckpointError, match=r"plain torch.onnx export .* failed \(unordered_map::at\).*without --baseline"):
+        baseline.baseline_path(str(checkpoints[("bert", "text-classification")]), "text-classification", "torch")
+    assert not any((tmp_path / "baselines").glob("*/model.onnx")), "a failed export must leave no file behind"
